@@ -1,0 +1,310 @@
+//! Configuration: embedded defaults, then an optional TOML file, then `REPIT_<SECTION>__<KEY>`
+//! environment variables, in that order of precedence (last wins).
+//!
+//! Everything is validated before anything starts, and every problem is reported with the key (and
+//! the file or variable) it came from, so a bad deployment fails at once with a message an operator
+//! can act on instead of failing later at the first request.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment override; `REPIT_SERVER__LISTEN` sets `server.listen`.
+pub const ENV_PREFIX: &str = "REPIT_";
+/// Separator between the section and the key in an environment override.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// The whole configuration of one `repitd` process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+/// The gRPC server every target is mounted on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (the chosen address is logged).
+    pub listen: SocketAddr,
+    /// How long in-flight requests may run after SIGINT/SIGTERM before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Structured logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directives, e.g. `info` or `info,repit_lesson=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written to standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Why the configuration was refused. Each problem names its key and where the value came from.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn single(problem: String) -> Self {
+        Self {
+            problems: vec![problem],
+        }
+    }
+
+    /// One line per problem.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.problems.join("; "))
+    }
+}
+
+impl Config {
+    /// Loads the embedded defaults, then `file` (which must exist when given), then the process
+    /// environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let env = env
+            // Only `REPIT_<SECTION>__<KEY>` names are configuration; other `REPIT_` variables
+            // (REPIT_TARGET, REPIT_CONFIG, test-suite URLs) belong to the CLI or the tests.
+            .filter(|key| key.as_str().contains(ENV_SEPARATOR))
+            .split(ENV_SEPARATOR);
+        let figment = Self::base(file)?.merge(env);
+        Self::extract(&figment)
+    }
+
+    fn base(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            check_readable(path)?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Ok(figment)
+    }
+
+    fn extract(figment: &Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|errors| ConfigError {
+            problems: errors.into_iter().map(|e| describe(&e)).collect(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            problems.push(format!(
+                "log.level: `{}` is not a valid filter: {e}",
+                self.log.level
+            ));
+        }
+        if self.server.shutdown_grace.is_zero() || self.server.shutdown_grace > MAX_GRACE {
+            problems.push(format!(
+                "server.shutdown_grace: must be between 1ms and {}, got {}",
+                humantime_serde::re::humantime::format_duration(MAX_GRACE),
+                humantime_serde::re::humantime::format_duration(self.server.shutdown_grace),
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The effective configuration as TOML, for `repitd config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+const MAX_GRACE: Duration = Duration::from_secs(600);
+
+fn check_readable(path: &Path) -> Result<(), ConfigError> {
+    std::fs::metadata(path).map(|_| ()).map_err(|e| {
+        ConfigError::single(format!(
+            "config file {}: {e}",
+            PathBuf::from(path).display()
+        ))
+    })
+}
+
+/// Renders one figment error as `<key>: <what is wrong> (in <source>)`.
+fn describe(error: &figment::Error) -> String {
+    let path = &error.path;
+    let key = if path.is_empty() {
+        "(top level)".to_owned()
+    } else {
+        path.join(".")
+    };
+    let source = error
+        .metadata
+        .as_ref()
+        .map(|meta| match &meta.source {
+            Some(figment::Source::File(path)) => format!("file {}", path.display()),
+            _ if meta.name.contains("environment") => {
+                format!("environment variable {}", env_name(path))
+            }
+            _ => meta.name.to_string(),
+        })
+        .unwrap_or_else(|| "configuration".to_owned());
+    format!("{key}: {} (from {source})", error.kind)
+}
+
+/// The environment variable that sets `path`, e.g. `REPIT_SERVER__LISTEN` for `server.listen`.
+pub fn env_name(path: &[String]) -> String {
+    format!("{ENV_PREFIX}{}", path.join(ENV_SEPARATOR).to_uppercase())
+}
+
+#[cfg(test)]
+// figment::Jail fixes the closure's error type to figment::Error, which is large; not ours to shrink.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn problems(result: Result<Config, ConfigError>) -> String {
+        match result {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_need_no_file() {
+        Jail::expect_with(|_| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config, Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "repit.toml",
+                "[server]\nlisten = \"0.0.0.0:7000\"\n[log]\nformat = \"json\"\n",
+            )?;
+            jail.set_env("REPIT_SERVER__LISTEN", "127.0.0.1:7001");
+            let config = Config::load(Some(Path::new("repit.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.server.listen,
+                SocketAddr::from(([127, 0, 0, 1], 7001))
+            );
+            assert_eq!(config.log.format, LogFormat::Json);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn other_repit_variables_are_not_configuration() {
+        Jail::expect_with(|jail| {
+            jail.set_env("REPIT_TARGET", "lesson");
+            jail.set_env("REPIT_KURRENTDB_URL", "esdb://localhost:2113");
+            assert!(Config::load(None).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_the_key_and_the_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("repit.toml", "[server]\nlisten = \"not an address\"\n")?;
+            let message = problems(Config::load(Some(Path::new("repit.toml"))));
+            assert!(message.contains("server.listen"), "{message}");
+            assert!(message.contains("repit.toml"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused_by_name() {
+        Jail::expect_with(|jail| {
+            jail.create_file("repit.toml", "[server]\nlisen = \"127.0.0.1:1\"\n")?;
+            let message = problems(Config::load(Some(Path::new("repit.toml"))));
+            assert!(message.contains("server.lisen"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("REPIT_SERVER__SHUTDOWN_GRACE", "soon");
+            let message = problems(Config::load(None));
+            assert!(message.contains("server.shutdown_grace"), "{message}");
+            assert!(
+                message.contains("REPIT_SERVER__SHUTDOWN_GRACE"),
+                "{message}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_not_a_silent_default() {
+        Jail::expect_with(|_| {
+            let message = problems(Config::load(Some(Path::new("nowhere.toml"))));
+            assert!(message.contains("nowhere.toml"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn semantic_rules_are_checked_after_parsing() {
+        Jail::expect_with(|jail| {
+            jail.set_env("REPIT_LOG__LEVEL", "info,[[[");
+            jail.set_env("REPIT_SERVER__SHUTDOWN_GRACE", "0s");
+            let message = problems(Config::load(None));
+            assert!(message.contains("log.level"), "{message}");
+            assert!(message.contains("server.shutdown_grace"), "{message}");
+            Ok(())
+        });
+    }
+}

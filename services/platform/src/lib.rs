@@ -1,0 +1,14 @@
+//! Plumbing shared by every RepitBot service and by the `repitd` binary.
+//!
+//! - [`config`]: the one configuration file plus `REPIT_…` environment overrides, validated at start.
+//! - [`telemetry`]: structured logs (text for people, JSON for machines).
+//! - [`shutdown`]: the one signal (SIGINT/SIGTERM) that reaches every server and background task.
+//! - [`status`]: the mapping of our errors to `tonic::Status` with AIP-193 error details.
+
+pub mod config;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+
+pub use config::{Config, ConfigError, LogFormat};
+pub use shutdown::Shutdown;

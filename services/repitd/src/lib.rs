@@ -1,0 +1,17 @@
+//! `repitd`: the one RepitBot binary. It runs any subset of the components on one gRPC server,
+//! like Grafana Loki's `-target`: `--target all` (the default) mounts every service in one process
+//! for a tutor's laptop; `--target lesson,user` runs just those, one Deployment per target on a cluster.
+//!
+//! - [`cli`]: command-line parsing (`repitd serve`, `repitd config`).
+//! - [`targets`]: the components a process can run and how `--target` names them.
+//! - [`contracts`]: the RPCs each service's contract declares, read from the descriptor set.
+//! - [`server`]: assembles health, reflection and the selected services on one tonic server.
+
+pub mod cli;
+pub mod contracts;
+pub mod server;
+pub mod targets;
+
+pub use cli::Cli;
+pub use server::{RunningServer, start};
+pub use targets::{Component, TargetSet};

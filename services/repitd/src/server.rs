@@ -1,0 +1,202 @@
+//! Assembles one tonic server: gRPC health, reflection (v1 and v1alpha), and the selected
+//! components, listening on the configured address until the shutdown token fires.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::any;
+use repit_platform::{Config, status};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::contracts::ContractIndex;
+use crate::targets::{Component, TargetSet};
+
+/// Services every `repitd` answers whatever its targets, listed by reflection beside them.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const REFLECTION_SERVICES: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// A server that is accepting connections.
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// The address actually bound (differs from the configured one when that used port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until the server has stopped: after shutdown, once in-flight calls end or `grace`
+    /// passes, whichever comes first. `Ok(false)` means the grace period ran out.
+    pub async fn stopped(
+        self,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> anyhow::Result<bool> {
+        let mut task = self.task;
+        tokio::select! {
+            joined = &mut task => return joined.context("server task panicked")?.map(|()| true),
+            () = shutdown.cancelled() => {}
+        }
+        match tokio::time::timeout(grace, &mut task).await {
+            Ok(joined) => joined.context("server task panicked")?.map(|()| true),
+            Err(_) => {
+                task.abort();
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Binds the configured address and starts serving `targets` in the background.
+pub async fn start(
+    config: &Config,
+    targets: &TargetSet,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningServer> {
+    let contracts = ContractIndex::compiled()?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.server.listen))?;
+    let local_addr = listener
+        .local_addr()
+        .context("failed to read the bound address")?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let mut routes = Routes::new(health_service);
+    routes = routes
+        .add_service(reflection_v1(targets)?)
+        .add_service(reflection_v1alpha(targets)?);
+    for &component in targets.components() {
+        routes = mount(routes, component, &contracts)?;
+    }
+    mark_serving(&health, targets).await;
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        let targets = targets.clone();
+        async move {
+            shutdown.cancelled().await;
+            // Tell load balancers first, so they stop sending before connections close.
+            mark_not_serving(&health, &targets).await;
+        }
+    };
+    let task = tokio::spawn(async move {
+        Server::builder()
+            .add_routes(routes.prepare())
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .context("gRPC server failed")
+    });
+    tracing::info!(address = %local_addr, targets = %targets, "listening");
+    Ok(RunningServer { local_addr, task })
+}
+
+/// Mounts one component. No component is implemented yet, so each answers its contract's RPCs
+/// with UNIMPLEMENTED naming the RPC; implementing a service replaces its arm here.
+fn mount(
+    routes: Routes,
+    component: Component,
+    contracts: &ContractIndex,
+) -> anyhow::Result<Routes> {
+    let service = component.grpc_service();
+    let methods = contracts
+        .methods(service)
+        .with_context(|| format!("no contract declares {service}"))?
+        .clone();
+    let prefix = format!("/{service}/");
+    let handler = move |uri: http::Uri| {
+        let method = uri.path().strip_prefix('/').unwrap_or_default().to_owned();
+        let known = uri
+            .path()
+            .strip_prefix(&prefix)
+            .is_some_and(|name| methods.contains(name));
+        async move {
+            let status = if known {
+                status::not_implemented(&method)
+            } else {
+                status::unknown_method(&method)
+            };
+            let (parts, ()) = status.into_http::<()>().into_parts();
+            http::Response::from_parts(parts, Body::empty())
+        }
+    };
+    let mut routes = routes;
+    *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
+        .route(&format!("/{service}/{{*rpc}}"), any(handler));
+    Ok(routes)
+}
+
+fn reflection_builder(targets: &TargetSet) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(repit_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .with_service_name(HEALTH_SERVICE);
+    for name in REFLECTION_SERVICES {
+        builder = builder.with_service_name(name);
+    }
+    for component in targets.components() {
+        builder = builder.with_service_name(component.grpc_service());
+    }
+    builder
+}
+
+fn reflection_v1(
+    targets: &TargetSet,
+) -> anyhow::Result<
+    tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer<
+        impl tonic_reflection::pb::v1::server_reflection_server::ServerReflection,
+    >,
+> {
+    reflection_builder(targets)
+        .build_v1()
+        .context("failed to build reflection v1")
+}
+
+fn reflection_v1alpha(
+    targets: &TargetSet,
+) -> anyhow::Result<
+    tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer<
+        impl tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflection,
+    >,
+> {
+    reflection_builder(targets)
+        .build_v1alpha()
+        .context("failed to build reflection v1alpha")
+}
+
+async fn mark_serving(health: &HealthReporter, targets: &TargetSet) {
+    set_status(health, targets, ServingStatus::Serving).await;
+}
+
+async fn mark_not_serving(health: &HealthReporter, targets: &TargetSet) {
+    set_status(health, targets, ServingStatus::NotServing).await;
+}
+
+/// Sets the overall status ("") and that of every mounted service.
+async fn set_status(health: &HealthReporter, targets: &TargetSet, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for component in targets.components() {
+        health
+            .set_service_status(component.grpc_service(), status)
+            .await;
+    }
+}

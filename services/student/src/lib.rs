@@ -1,0 +1,9 @@
+//! The student service: student profiles, points, achievements and topic mastery (PRODUCT.md §2).
+//!
+//! Status: contract only. `proto/repit/student/v1/` defines every RPC, and `repitd` mounts this
+//! service so it is listed by reflection and health, but each RPC answers UNIMPLEMENTED naming
+//! itself until this crate implements it (domain, application, gRPC adapter, read models).
+
+/// Fully qualified gRPC name of the service this crate implements.
+pub const GRPC_SERVICE: &str =
+    repit_proto::repit::student::v1::student_service_server::SERVICE_NAME;

@@ -1,0 +1,8 @@
+//! The tutor service: tutor profiles, policies, working hours and statistics (PRODUCT.md §3).
+//!
+//! Status: contract only. `proto/repit/tutor/v1/` defines every RPC, and `repitd` mounts this
+//! service so it is listed by reflection and health, but each RPC answers UNIMPLEMENTED naming
+//! itself until this crate implements it (domain, application, gRPC adapter, read models).
+
+/// Fully qualified gRPC name of the service this crate implements.
+pub const GRPC_SERVICE: &str = repit_proto::repit::tutor::v1::tutor_service_server::SERVICE_NAME;

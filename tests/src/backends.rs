@@ -1,0 +1,76 @@
+//! The servers some tests need, found through environment variables set by `scripts/test`.
+
+use std::fmt;
+
+/// A server a test may need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL; the URL names a database the tests may create schemas and databases in.
+    Postgres,
+    /// NATS with JetStream enabled.
+    Nats,
+    /// KurrentDB / EventStoreDB. Not installable here; tests run only when a URL is given.
+    KurrentDb,
+}
+
+impl Backend {
+    /// The variable that holds the server's URL.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Backend::Postgres => "REPIT_TEST_POSTGRES_URL",
+            Backend::Nats => "REPIT_TEST_NATS_URL",
+            Backend::KurrentDb => "REPIT_KURRENTDB_URL",
+        }
+    }
+
+    /// Whether CI must provide this server (KurrentDB cannot be installed on CI machines).
+    fn required_in_ci(self) -> bool {
+        !matches!(self, Backend::KurrentDb)
+    }
+
+    fn how_to_start(self) -> &'static str {
+        match self {
+            Backend::Postgres | Backend::Nats => {
+                "run the suite through `scripts/test`, which reuses a running server or starts a \
+                 private one (installing it from the OS packages when absent) and exports the URL"
+            }
+            Backend::KurrentDb => {
+                "start KurrentDB (see deploy/) and set REPIT_KURRENTDB_URL, e.g. \
+                 esdb://127.0.0.1:2113?tls=false"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Postgres => "PostgreSQL",
+            Backend::Nats => "NATS JetStream",
+            Backend::KurrentDb => "KurrentDB",
+        })
+    }
+}
+
+/// The URL of `backend`, or `None` when the test should be skipped.
+///
+/// Panics (failing the test) when the server is missing under `CI=true` and CI must have it, so
+/// a broken CI setup can never pass by skipping. Outside CI a skip is printed to stderr.
+pub fn require(backend: Backend) -> Option<String> {
+    match std::env::var(backend.env_var()) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            let message = format!(
+                "{backend} is not configured: {} is not set; {}",
+                backend.env_var(),
+                backend.how_to_start()
+            );
+            if in_ci && backend.required_in_ci() {
+                panic!("{message}");
+            }
+            eprintln!("SKIPPED: {message}");
+            None
+        }
+    }
+}

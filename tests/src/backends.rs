@@ -11,6 +11,8 @@ pub enum Backend {
     Nats,
     /// KurrentDB / EventStoreDB. Not installable here; tests run only when a URL is given.
     KurrentDb,
+    /// A Python interpreter with grpcio and grpcio-reflection: a real third-party client.
+    PythonGrpc,
 }
 
 impl Backend {
@@ -20,6 +22,7 @@ impl Backend {
             Backend::Postgres => "REPIT_TEST_POSTGRES_URL",
             Backend::Nats => "REPIT_TEST_NATS_URL",
             Backend::KurrentDb => "REPIT_KURRENTDB_URL",
+            Backend::PythonGrpc => "REPIT_TEST_PYTHON",
         }
     }
 
@@ -30,9 +33,10 @@ impl Backend {
 
     fn how_to_start(self) -> &'static str {
         match self {
-            Backend::Postgres | Backend::Nats => {
+            Backend::Postgres | Backend::Nats | Backend::PythonGrpc => {
                 "run the suite through `scripts/test`, which reuses a running server or starts a \
-                 private one (installing it from the OS packages when absent) and exports the URL"
+                 private one (installing it from the OS packages when absent), prepares a Python \
+                 venv with grpcio, and exports the variables"
             }
             Backend::KurrentDb => {
                 "start KurrentDB (see deploy/) and set REPIT_KURRENTDB_URL, e.g. \
@@ -48,11 +52,12 @@ impl fmt::Display for Backend {
             Backend::Postgres => "PostgreSQL",
             Backend::Nats => "NATS JetStream",
             Backend::KurrentDb => "KurrentDB",
+            Backend::PythonGrpc => "Python grpcio",
         })
     }
 }
 
-/// The URL of `backend`, or `None` when the test should be skipped.
+/// The URL of `backend` (for [`Backend::PythonGrpc`], the interpreter's path), or `None` when the test should be skipped.
 ///
 /// Panics (failing the test) when the server is missing under `CI=true` and CI must have it, so
 /// a broken CI setup can never pass by skipping. Outside CI a skip is printed to stderr.

@@ -1,0 +1,50 @@
+//! A third-party client with no generated code — Python grpcio driven by server reflection —
+//! discovers every service, checks health, and calls an RPC.
+
+use std::path::Path;
+
+use repit_tests::{Backend, require, spawn_server};
+
+#[tokio::test]
+async fn python_grpcio_discovers_services_by_reflection_and_calls_one() {
+    let Some(python) = require(Backend::PythonGrpc) else {
+        return;
+    };
+    let server = spawn_server(Path::new(env!("CARGO_BIN_EXE_repitd")), &["serve"], &[]).await;
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/python/reflect_call.py");
+
+    let output = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(server.addr().to_string())
+        .arg("repit.lesson.v1.LessonService/GetLesson")
+        .arg(r#"{"lesson_id": "0190f5c2-0000-7000-8000-000000000000"}"#)
+        .output()
+        .await
+        .expect("run the python client");
+    assert!(
+        output.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let result: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the client prints one JSON object");
+    let services = result["services"].as_array().expect("services listed");
+    assert!(
+        services
+            .iter()
+            .any(|s| s == "repit.payment.v1.PaymentService"),
+        "{result}"
+    );
+    assert_eq!(result["health"], "SERVING");
+    assert_eq!(result["call"]["code"], "UNIMPLEMENTED");
+    let message = result["call"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains("repit.lesson.v1.LessonService/GetLesson"),
+        "{message}"
+    );
+
+    let (exit, _) = server.terminate().await;
+    assert!(exit.success());
+}

@@ -1,5 +1,43 @@
-//! The system of record: append-only event streams with EventStoreDB semantics.
+//! The system of record: append-only event streams with EventStoreDB's semantics.
 //!
-//! Status: not built yet. This crate will hold the `EventStore` trait, its SQLite (embedded default),
-//! PostgreSQL and KurrentDB backends, the conformance suite every backend passes, and the relay
-//! that publishes `$all` to NATS JetStream (see DESIGN.md, "Backends" and "Write path").
+//! One trait, several backends, one conformance suite (see DESIGN.md, "Backends" and
+//! "Write path"):
+//!
+//! - [`model`]: the vocabulary every backend shares — [`StreamName`] (parsed once),
+//!   [`NewEvent`] / [`RecordedEvent`], [`ExpectedRevision`], [`Position`] in `$all`, read and
+//!   subscription options, the `$all` filter, [`StreamMetadata`].
+//! - [`error`]: [`Error`], one typed error for all backends, with its gRPC mapping.
+//! - [`limits`]: [`Limits`] (1 MiB appends by default) and the batch check every backend runs
+//!   before writing anything.
+//! - [`store`]: the object-safe [`EventStore`] trait; services hold an `Arc<dyn EventStore>`.
+//! - [`sqlite`]: [`SqliteEventStore`], the embedded default (one WAL file, group commit,
+//!   gap-free positions, catch-up subscriptions woken after each commit).
+//! - [`aggregate`]: [`Aggregate`] (pure `decide` / `evolve`), [`EventCodec`], and the
+//!   [`Repository`] that loads, decides, appends with the expected revision and retries
+//!   conflicts a bounded number of times.
+//! - `conformance` (cargo feature `conformance`): the backend-independent test suite, one async
+//!   function per property plus `conformance_tests!`, which turns them into `#[tokio::test]`s
+//!   for a `conformance::StoreFactory`. This crate's tests enable the feature through a
+//!   dev-dependency on the crate itself; other backends' tests do the same.
+//!
+//! PostgreSQL and KurrentDB backends, and the relay to NATS, are added beside `sqlite`.
+
+pub mod aggregate;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod error;
+pub mod limits;
+pub mod model;
+pub mod sqlite;
+pub mod store;
+
+pub use aggregate::{Aggregate, EventCodec, Repository, RepositoryError};
+pub use error::{Error, InvalidEventReason, Result};
+pub use limits::Limits;
+pub use model::{
+    AllFilter, AppendResult, ContentType, CurrentRevision, Direction, EventId, ExpectedRevision,
+    NewEvent, Position, ReadAllOptions, ReadFrom, ReadStreamOptions, RecordedEvent, StreamMetadata,
+    StreamName, SubscribeFrom, SubscribeToAllOptions, SubscriptionItem, VersionedMetadata,
+};
+pub use sqlite::{SqliteEventStore, SqliteOptions};
+pub use store::{EventStore, EventStream, Subscription};

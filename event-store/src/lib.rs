@@ -12,6 +12,13 @@
 //! - [`store`]: the object-safe [`EventStore`] trait; services hold an `Arc<dyn EventStore>`.
 //! - [`sqlite`]: [`SqliteEventStore`], the embedded default (one WAL file, group commit,
 //!   gap-free positions, catch-up subscriptions woken after each commit).
+//! - [`postgres`]: [`PostgresEventStore`], for many concurrent writers (group commit over a few
+//!   connections, no lock wider than a stream's row; `$all` ordered by transaction id and read
+//!   below the snapshot's xmin so no late commit is skipped; subscriptions woken by
+//!   LISTEN/NOTIFY).
+//! - [`kurrentdb`] (cargo feature `kurrentdb`, on by default): [`KurrentDbEventStore`], the
+//!   distributed store on KurrentDB/EventStoreDB through the `kurrentdb` gRPC client; the
+//!   connection string and how the model maps onto KurrentDB are in its module docs.
 //! - [`aggregate`]: [`Aggregate`] (pure `decide` / `evolve`), [`EventCodec`], and the
 //!   [`Repository`] that loads, decides, appends with the expected revision and retries
 //!   conflicts a bounded number of times.
@@ -20,24 +27,31 @@
 //!   for a `conformance::StoreFactory`. This crate's tests enable the feature through a
 //!   dev-dependency on the crate itself; other backends' tests do the same.
 //!
-//! PostgreSQL and KurrentDB backends, and the relay to NATS, are added beside `sqlite`.
+//! Benchmarks (`benches/event_store.rs`) measure every available backend and write BENCHMARKS.md.
+//! The relay to NATS JetStream joins this crate with the event pipeline.
 
 pub mod aggregate;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrentdb;
 pub mod limits;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
 pub use aggregate::{Aggregate, EventCodec, Repository, RepositoryError};
 pub use error::{Error, InvalidEventReason, Result};
+#[cfg(feature = "kurrentdb")]
+pub use kurrentdb::{KurrentDbEventStore, KurrentDbOptions};
 pub use limits::Limits;
 pub use model::{
     AllFilter, AppendResult, ContentType, CurrentRevision, Direction, EventId, ExpectedRevision,
     NewEvent, Position, ReadAllOptions, ReadFrom, ReadStreamOptions, RecordedEvent, StreamMetadata,
     StreamName, SubscribeFrom, SubscribeToAllOptions, SubscriptionItem, VersionedMetadata,
 };
+pub use postgres::{PostgresEventStore, PostgresOptions};
 pub use sqlite::{SqliteEventStore, SqliteOptions};
 pub use store::{EventStore, EventStream, Subscription};

@@ -31,6 +31,7 @@
 //! The relay to NATS JetStream joins this crate with the event pipeline.
 
 pub mod aggregate;
+mod catch_up;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;

@@ -23,9 +23,11 @@ use super::read::{
     AllPage, Bound, FIRST_HORIZON_WAIT, FilterSql, MAX_HORIZON_WAIT, PAGE, WINDOW, all_page,
     last_below_horizon, stream_page, stream_view,
 };
+use crate::catch_up::{self, StreamFeed};
 use crate::error::{Error, Result};
 use crate::model::{
-    Direction, Position, StreamName, SubscribeFrom, SubscribeToAllOptions, SubscriptionItem,
+    Direction, Position, RecordedEvent, StreamName, SubscribeFrom, SubscribeToAllOptions,
+    SubscriptionItem,
 };
 use crate::store::Subscription;
 
@@ -41,7 +43,7 @@ pub(super) struct Feed {
 
 impl Feed {
     /// Waits for a commit announcement or `timeout`. Errors once the store is dropped.
-    async fn wait(&mut self, timeout: Duration) -> Result<()> {
+    async fn wait_for_commit(&mut self, timeout: Duration) -> Result<()> {
         tokio::select! {
             changed = self.commits.changed() => {
                 changed.map_err(|_| Error::unavailable("the event store was closed"))
@@ -52,92 +54,38 @@ impl Feed {
 }
 
 pub(super) fn to_stream(feed: Feed, stream: StreamName, from: SubscribeFrom<u64>) -> Subscription {
-    let state = StreamSubscription {
-        feed,
-        stream,
-        from,
-        next: None,
-        caught_up: false,
-        buffer: VecDeque::new(),
-        failed: false,
-    };
-    stream::unfold(state, |mut s| async move {
-        s.next().await.map(|item| (item, s))
-    })
-    .boxed()
+    catch_up::subscribe_to_stream(feed, stream, from)
 }
 
-struct StreamSubscription {
-    feed: Feed,
-    stream: StreamName,
-    from: SubscribeFrom<u64>,
-    /// The next revision to deliver; `None` until the first poll resolves `from`.
-    next: Option<u64>,
-    caught_up: bool,
-    buffer: VecDeque<SubscriptionItem>,
-    failed: bool,
-}
-
-impl StreamSubscription {
-    async fn next(&mut self) -> Option<Result<SubscriptionItem>> {
-        loop {
-            if let Some(item) = self.buffer.pop_front() {
-                return Some(Ok(item));
-            }
-            if self.failed {
-                return None;
-            }
-            if let Err(error) = self.fill().await {
-                self.failed = true;
-                return Some(Err(error));
-            }
-            if !self.buffer.is_empty() {
-                continue;
-            }
-            if !self.caught_up {
-                self.caught_up = true;
-                return Some(Ok(SubscriptionItem::CaughtUp));
-            }
-            let interval = self.feed.poll_interval;
-            if let Err(error) = self.feed.wait(interval).await {
-                self.failed = true;
-                return Some(Err(error));
-            }
-        }
-    }
-
-    /// Reads the next page into the buffer (leaves it empty when there is nothing new).
-    async fn fill(&mut self) -> Result<()> {
-        // Mark the current announcement as seen *before* reading, so a commit that lands after
-        // the read still wakes `wait`.
-        self.feed.commits.borrow_and_update();
-        let view = stream_view(&self.feed.pool, &self.stream).await?;
-        let next = match (self.next, self.from) {
-            (Some(next), _) => next,
-            (None, SubscribeFrom::Start) => 0,
-            (None, SubscribeFrom::After(revision)) => revision.saturating_add(1),
-            (None, SubscribeFrom::End) => view
-                .as_ref()
-                .and_then(|v| v.last_revision)
-                .map_or(0, |r| r + 1),
+impl StreamFeed for Feed {
+    async fn read_page(
+        &mut self,
+        stream: &StreamName,
+        from: SubscribeFrom<u64>,
+        next: Option<u64>,
+    ) -> Result<(u64, Vec<RecordedEvent>)> {
+        self.commits.borrow_and_update();
+        let view = stream_view(&self.pool, stream).await?;
+        let next =
+            catch_up::first_revision(next, from, view.as_ref().and_then(|v| v.last_revision));
+        let Some(view) = view else {
+            return Ok((next, Vec::new()));
         };
-        self.next = Some(next);
-        let Some(view) = view else { return Ok(()) };
         let page = stream_page(
-            &self.feed.pool,
-            &self.stream,
+            &self.pool,
+            stream,
             &view,
             Direction::Forwards,
             next,
             PAGE as u64,
         )
         .await?;
-        if let Some(last) = page.last() {
-            self.next = Some(last.revision + 1);
-        }
-        self.buffer
-            .extend(page.into_iter().map(SubscriptionItem::Event));
-        Ok(())
+        let next = page.last().map_or(next, |last| last.revision + 1);
+        Ok((next, page))
+    }
+
+    async fn wait(&mut self) -> Result<()> {
+        self.wait_for_commit(self.poll_interval).await
     }
 }
 
@@ -223,7 +171,7 @@ impl AllSubscription {
             } else {
                 self.feed.poll_interval
             };
-            if let Err(error) = self.feed.wait(timeout).await {
+            if let Err(error) = self.feed.wait_for_commit(timeout).await {
                 self.failed = true;
                 return Some(Err(error));
             }

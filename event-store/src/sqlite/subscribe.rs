@@ -16,9 +16,11 @@ use tokio::sync::watch;
 use super::read::{
     FilterSql, PAGE, WINDOW, pool_head, seen_through, stream_page, stream_view, to_i64,
 };
+use crate::catch_up::{self, StreamFeed};
 use crate::error::{Error, Result};
 use crate::model::{
-    Direction, Position, StreamName, SubscribeFrom, SubscribeToAllOptions, SubscriptionItem,
+    Direction, Position, RecordedEvent, StreamName, SubscribeFrom, SubscribeToAllOptions,
+    SubscriptionItem,
 };
 use crate::store::Subscription;
 
@@ -34,7 +36,7 @@ pub(super) struct Feed {
 
 impl Feed {
     /// Waits for a commit announcement or the poll interval. Errors once the store is dropped.
-    async fn wait(&mut self) -> Result<()> {
+    async fn wait_for_commit(&mut self) -> Result<()> {
         tokio::select! {
             changed = self.head.changed() => {
                 changed.map_err(|_| Error::unavailable("the event store was closed"))
@@ -45,91 +47,30 @@ impl Feed {
 }
 
 pub(super) fn to_stream(feed: Feed, stream: StreamName, from: SubscribeFrom<u64>) -> Subscription {
-    let state = StreamSubscription {
-        feed,
-        stream,
-        from,
-        next: None,
-        caught_up: false,
-        buffer: VecDeque::new(),
-        failed: false,
-    };
-    stream::unfold(state, |mut s| async move {
-        s.next().await.map(|item| (item, s))
-    })
-    .boxed()
+    catch_up::subscribe_to_stream(feed, stream, from)
 }
 
-struct StreamSubscription {
-    feed: Feed,
-    stream: StreamName,
-    from: SubscribeFrom<u64>,
-    /// The next revision to deliver; `None` until the first poll resolves `from`.
-    next: Option<u64>,
-    caught_up: bool,
-    buffer: VecDeque<SubscriptionItem>,
-    failed: bool,
-}
-
-impl StreamSubscription {
-    async fn next(&mut self) -> Option<Result<SubscriptionItem>> {
-        loop {
-            if let Some(item) = self.buffer.pop_front() {
-                return Some(Ok(item));
-            }
-            if self.failed {
-                return None;
-            }
-            if let Err(error) = self.fill().await {
-                self.failed = true;
-                return Some(Err(error));
-            }
-            if !self.buffer.is_empty() {
-                continue;
-            }
-            if !self.caught_up {
-                self.caught_up = true;
-                return Some(Ok(SubscriptionItem::CaughtUp));
-            }
-            if let Err(error) = self.feed.wait().await {
-                self.failed = true;
-                return Some(Err(error));
-            }
-        }
+impl StreamFeed for Feed {
+    async fn read_page(
+        &mut self,
+        stream: &StreamName,
+        from: SubscribeFrom<u64>,
+        next: Option<u64>,
+    ) -> Result<(u64, Vec<RecordedEvent>)> {
+        self.head.borrow_and_update();
+        let view = stream_view(&self.pool, stream).await?;
+        let next =
+            catch_up::first_revision(next, from, view.as_ref().and_then(|v| v.last_revision));
+        let Some(view) = view else {
+            return Ok((next, Vec::new()));
+        };
+        let page = stream_page(&self.pool, stream, &view, Direction::Forwards, next, PAGE).await?;
+        let next = page.last().map_or(next, |last| last.revision + 1);
+        Ok((next, page))
     }
 
-    /// Reads the next page into the buffer (leaves it empty when there is nothing new).
-    async fn fill(&mut self) -> Result<()> {
-        // Mark the current head as seen *before* reading, so a commit that lands after the
-        // read still wakes `wait`.
-        self.feed.head.borrow_and_update();
-        let view = stream_view(&self.feed.pool, &self.stream).await?;
-        let next = match (self.next, self.from) {
-            (Some(next), _) => next,
-            (None, SubscribeFrom::Start) => 0,
-            (None, SubscribeFrom::After(revision)) => revision.saturating_add(1),
-            (None, SubscribeFrom::End) => view
-                .as_ref()
-                .and_then(|v| v.last_revision)
-                .map_or(0, |r| r + 1),
-        };
-        self.next = Some(next);
-        let Some(view) = view else { return Ok(()) };
-        let page = stream_page(
-            &self.feed.pool,
-            &self.stream,
-            &view,
-            Direction::Forwards,
-            next,
-            PAGE,
-        )
-        .await?;
-        if let Some(last) = page.last() {
-            self.next = Some(last.revision + 1);
-        }
-        self.buffer
-            .extend(page.into_iter().map(SubscriptionItem::Event));
-        Ok(())
+    async fn wait(&mut self) -> Result<()> {
+        self.wait_for_commit().await
     }
 }
 
@@ -191,7 +132,7 @@ impl AllSubscription {
                 self.caught_up = true;
                 return Some(Ok(SubscriptionItem::CaughtUp));
             }
-            let waited = match self.feed.wait().await {
+            let waited = match self.feed.wait_for_commit().await {
                 // A timeout may hide a write from another process: look at the real head.
                 Ok(()) => pool_head(&self.feed.pool)
                     .await

@@ -92,6 +92,16 @@ pub enum RepositoryError<E> {
     /// The aggregate refused the command.
     #[error(transparent)]
     Domain(E),
+    /// The caller expected another revision than the stream has (gRPC ABORTED: reload).
+    #[error("stream {stream} is at {actual}, not at the expected revision {expected}")]
+    UnexpectedRevision {
+        /// The stream.
+        stream: StreamName,
+        /// The revision the caller passed.
+        expected: u64,
+        /// The stream's revision (`no stream` when it has no events).
+        actual: crate::model::CurrentRevision,
+    },
     /// Other writers kept changing the stream; the caller may retry later (gRPC ABORTED).
     #[error("stream {stream} kept changing, gave up after {attempts} attempts")]
     Conflict {
@@ -157,6 +167,9 @@ pub struct ExecuteOptions {
     /// reactor handling the same source event twice then produces the same ids, and the store
     /// refuses to record the effect twice.
     pub id_source: Option<EventId>,
+    /// When set, the command is refused with [`RepositoryError::UnexpectedRevision`] unless the
+    /// stream is at exactly this revision (a client's optimistic lock, checked on every attempt).
+    pub expected_revision: Option<u64>,
 }
 
 /// The default number of times a command is decided before giving up on a contended stream.
@@ -256,6 +269,18 @@ where
                 mut state,
                 revision,
             } = self.load(stream).await?;
+            if let Some(expected) = options.expected_revision
+                && revision != Some(expected)
+            {
+                return Err(RepositoryError::UnexpectedRevision {
+                    stream: stream.clone(),
+                    expected,
+                    actual: revision.map_or(
+                        crate::model::CurrentRevision::NoStream,
+                        crate::model::CurrentRevision::Current,
+                    ),
+                });
+            }
             let events = state.decide(command).map_err(RepositoryError::Domain)?;
             if events.is_empty() {
                 return Ok(Executed {

@@ -22,13 +22,15 @@
 //! - [`aggregate`]: [`Aggregate`] (pure `decide` / `evolve`), [`EventCodec`], and the
 //!   [`Repository`] that loads, decides, appends with the expected revision and retries
 //!   conflicts a bounded number of times.
+//! - [`relay`]: the [`Relay`] that follows `$all` and publishes every event exactly once, in
+//!   order, to a NATS JetStream stream (distributed mode's feed for projections), and
+//!   [`relay::envelope`], the wire format it shares with the consumers.
 //! - `conformance` (cargo feature `conformance`): the backend-independent test suite, one async
 //!   function per property plus `conformance_tests!`, which turns them into `#[tokio::test]`s
 //!   for a `conformance::StoreFactory`. This crate's tests enable the feature through a
 //!   dev-dependency on the crate itself; other backends' tests do the same.
 //!
 //! Benchmarks (`benches/event_store.rs`) measure every available backend and write BENCHMARKS.md.
-//! The relay to NATS JetStream joins this crate with the event pipeline.
 
 pub mod aggregate;
 mod catch_up;
@@ -40,6 +42,7 @@ pub mod kurrentdb;
 pub mod limits;
 pub mod model;
 pub mod postgres;
+pub mod relay;
 pub mod sqlite;
 pub mod store;
 
@@ -54,5 +57,6 @@ pub use model::{
     StreamName, SubscribeFrom, SubscribeToAllOptions, SubscriptionItem, VersionedMetadata,
 };
 pub use postgres::{PostgresEventStore, PostgresOptions};
+pub use relay::{Relay, RelayError, RelayOptions, RelayStatus};
 pub use sqlite::{SqliteEventStore, SqliteOptions};
 pub use store::{EventStore, EventStream, Subscription};

@@ -246,6 +246,7 @@ async fn metadata_and_derived_ids_are_stored_and_a_redelivered_command_is_not_ap
         let options = ExecuteOptions {
             metadata: r#"{"causation_id":"x"}"#.into(),
             id_source: Some(source),
+            ..ExecuteOptions::default()
         };
         repository
             .execute_with(

@@ -15,6 +15,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct ChildServer {
     child: Child,
+    // The server's private data directory (unless the test chose one); removed on drop.
+    _data_dir: Option<tempfile::TempDir>,
     addr: SocketAddr,
     logs: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
@@ -28,6 +30,11 @@ impl ChildServer {
     /// `http://<addr>`, for tonic clients.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash or an OOM kill would, and waits for it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// The OS process id.
@@ -61,6 +68,15 @@ impl ChildServer {
 /// waits for its `listening` log line to learn the bound address.
 pub async fn spawn_server(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> ChildServer {
     let mut command = Command::new(binary);
+    // Every server gets a private data directory unless the test names one (to restart a server
+    // on the same data), so tests never share or leave behind embedded databases.
+    let data_dir = if env.iter().any(|(k, _)| *k == "REPIT_STORAGE__DATA_DIR") {
+        None
+    } else {
+        let dir = tempfile::tempdir().expect("failed to create a data directory");
+        command.env("REPIT_STORAGE__DATA_DIR", dir.path());
+        Some(dir)
+    };
     command
         .args(args)
         .env("REPIT_SERVER__LISTEN", "127.0.0.1:0")
@@ -96,6 +112,7 @@ pub async fn spawn_server(binary: &Path, args: &[&str], env: &[(&str, &str)]) ->
     .expect("the server did not start listening within 30s");
     ChildServer {
         child,
+        _data_dir: data_dir,
         addr,
         logs: rx,
     }

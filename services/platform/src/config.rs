@@ -25,6 +25,120 @@ pub const ENV_SEPARATOR: &str = "__";
 pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub storage: StorageConfig,
+    pub nats: NatsConfig,
+    pub projections: ProjectionsConfig,
+}
+
+/// Where data lives. The defaults are files under `data_dir`, so `repitd` runs with nothing
+/// installed; a cluster points the URLs at its servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory for the embedded SQLite files (created when missing).
+    pub data_dir: PathBuf,
+    /// The event store: empty for `<data_dir>/events.db` (SQLite), or `sqlite://…`,
+    /// `postgres://…`, `esdb://…` / `kurrentdb://…` (KurrentDB).
+    pub event_store_url: String,
+    /// The read-model database: empty for `<data_dir>/read-models.db` (SQLite), or
+    /// `sqlite://…`, `postgres://…` (the tables analysts query).
+    pub read_model_url: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("repit-data"),
+            event_store_url: String::new(),
+            read_model_url: String::new(),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The event store URL with the embedded default filled in.
+    pub fn event_store(&self) -> String {
+        if self.event_store_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("events.db").display())
+        } else {
+            self.event_store_url.clone()
+        }
+    }
+
+    /// The read-model URL with the embedded default filled in.
+    pub fn read_models(&self) -> String {
+        if self.read_model_url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("read-models.db").display()
+            )
+        } else {
+            self.read_model_url.clone()
+        }
+    }
+}
+
+/// NATS JetStream, the event fan-out of the distributed mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// `nats://host:port`; empty: no NATS (embedded mode).
+    pub url: String,
+    /// The JetStream stream the relay fills.
+    pub stream: String,
+    /// Subject prefix: events go to `<prefix>.<service>.<EventName>`.
+    pub subject_prefix: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            stream: "REPIT_EVENTS".to_owned(),
+            subject_prefix: "repit.events".to_owned(),
+        }
+    }
+}
+
+/// Where projections read events from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedKind {
+    /// JetStream when `nats.url` is set, else the store's own subscription.
+    Auto,
+    /// The event store's catch-up subscription (embedded).
+    Store,
+    /// The JetStream stream filled by the relay (distributed).
+    Jetstream,
+}
+
+/// The projection runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectionsConfig {
+    pub feed: FeedKind,
+    /// The most events applied in one transaction.
+    pub batch_size: usize,
+}
+
+impl Default for ProjectionsConfig {
+    fn default() -> Self {
+        Self {
+            feed: FeedKind::Auto,
+            batch_size: 512,
+        }
+    }
+}
+
+impl ProjectionsConfig {
+    /// Whether projections read from JetStream, given the NATS settings.
+    pub fn uses_jetstream(&self, nats: &NatsConfig) -> bool {
+        match self.feed {
+            FeedKind::Auto => !nats.url.is_empty(),
+            FeedKind::Store => false,
+            FeedKind::Jetstream => true,
+        }
+    }
 }
 
 /// The gRPC server every target is mounted on.
@@ -149,6 +263,44 @@ impl Config {
                 humantime_serde::re::humantime::format_duration(MAX_GRACE),
                 humantime_serde::re::humantime::format_duration(self.server.shutdown_grace),
             ));
+        }
+        let store = self.storage.event_store();
+        if ![
+            "sqlite:",
+            "postgres:",
+            "postgresql:",
+            "esdb:",
+            "esdb+discover:",
+            "kurrentdb:",
+            "kurrentdb+discover:",
+        ]
+        .iter()
+        .any(|scheme| store.starts_with(scheme))
+        {
+            problems.push(format!(
+                "storage.event_store_url: `{store}` must start with sqlite:, postgres:, esdb: or kurrentdb:"
+            ));
+        }
+        let read = self.storage.read_models();
+        if !["sqlite:", "postgres:", "postgresql:"]
+            .iter()
+            .any(|s| read.starts_with(s))
+        {
+            problems.push(format!(
+                "storage.read_model_url: `{read}` must start with sqlite: or postgres:"
+            ));
+        }
+        if self.projections.feed == FeedKind::Jetstream && self.nats.url.is_empty() {
+            problems.push("projections.feed: `jetstream` needs nats.url".to_owned());
+        }
+        if !self.nats.url.is_empty() && !self.nats.url.starts_with("nats://") {
+            problems.push(format!(
+                "nats.url: `{}` must start with nats://",
+                self.nats.url
+            ));
+        }
+        if self.projections.batch_size == 0 || self.projections.batch_size > 10_000 {
+            problems.push("projections.batch_size: must be 1..=10000".to_owned());
         }
         if problems.is_empty() {
             Ok(())

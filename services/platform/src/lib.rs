@@ -10,5 +10,5 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 
-pub use config::{Config, ConfigError, LogFormat};
+pub use config::{Config, ConfigError, FeedKind, LogFormat};
 pub use shutdown::Shutdown;

@@ -23,12 +23,45 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration (defaults, file, environment) as TOML and exit.
     Config(ConfigArgs),
+    /// Operate the projection runtime: status and lag, parked events, retries, rebuilds.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// `repitd projections …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ProjectionsAction {
+    /// Each projection's generation, checkpoint, events applied and parked, and lag.
+    Status,
+    /// The events a projection parked, with their errors.
+    Parked {
+        /// The projection's name (see `status`).
+        name: String,
+    },
+    /// Applies parked events again; those that apply leave the parking lot.
+    Retry {
+        /// The projection's name.
+        name: String,
+        /// Only this event id (default: every parked event of the projection).
+        #[arg(long)]
+        event: Option<String>,
+    },
+    /// Rebuilds a projection from position 0 into fresh tables and swaps them in atomically.
+    /// The live tables keep serving until the swap.
+    Rebuild {
+        /// The projection's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// What to run: `all`, or a comma list of user, student, tutor, lesson, homework, payment,
-    /// material, notification, analytics, gateway.
+    /// material, notification, analytics, gateway, relay, projections.
     #[arg(
         long,
         env = "REPIT_TARGET",

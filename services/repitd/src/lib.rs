@@ -5,13 +5,20 @@
 //! - [`cli`]: command-line parsing (`repitd serve`, `repitd config`).
 //! - [`targets`]: the components a process can run and how `--target` names them.
 //! - [`contracts`]: the RPCs each service's contract declares, read from the descriptor set.
-//! - [`server`]: assembles health, reflection and the selected services on one tonic server.
+//! - [`server`]: assembles health, reflection and the selected services on one tonic server,
+//!   and starts the selected workers (relay, projections).
+//! - [`backends`]: opens the event store, the read-model database and NATS from the config.
+//! - [`pipeline`]: the projections this build runs, their feed, and the relay's settings.
+//! - [`admin`]: `repitd projections …`, the operator's view of the projection runtime.
 
+pub mod admin;
+pub mod backends;
 pub mod cli;
 pub mod contracts;
+pub mod pipeline;
 pub mod server;
 pub mod targets;
 
 pub use cli::Cli;
 pub use server::{RunningServer, start};
-pub use targets::{Component, TargetSet};
+pub use targets::{Component, TargetSet, Worker};

@@ -12,6 +12,7 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut projections_action = None;
     let (serve, print_config) = match cli.command {
         Some(Command::Serve(args)) => (args, false),
         Some(Command::Config(config)) => (
@@ -21,6 +22,16 @@ fn main() -> ExitCode {
             },
             true,
         ),
+        Some(Command::Projections { action, config }) => {
+            projections_action = Some(action);
+            (
+                ServeArgs {
+                    config,
+                    ..cli.serve
+                },
+                false,
+            )
+        }
         None => (cli.serve, false),
     };
     let config = match Config::load(serve.config.config.as_deref()) {
@@ -51,6 +62,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(action) = projections_action {
+        let shutdown = Shutdown::new();
+        return match runtime.block_on(async {
+            shutdown.listen_for_signals();
+            repitd::admin::run(&config, &action, shutdown.token()).await
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("repitd: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(serve_until_shutdown(&config, &serve)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

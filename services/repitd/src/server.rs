@@ -1,12 +1,18 @@
 //! Assembles one tonic server: gRPC health, reflection (v1 and v1alpha), and the selected
-//! components, listening on the configured address until the shutdown token fires.
+//! components, listening on the configured address until the shutdown token fires; and starts
+//! the selected workers (relay, projections) beside it on the same shutdown signal.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::routing::any;
+use repit_event_store::EventStore;
+use repit_event_store::relay::Relay;
+use repit_lesson::{LessonApplication, LessonSettings};
 use repit_platform::{Config, status};
+use repit_projections::{FeedSource, ReadModelDb};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +24,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::contracts::ContractIndex;
-use crate::targets::{Component, TargetSet};
+use crate::targets::{Component, TargetSet, Worker};
+use crate::{backends, pipeline};
 
 /// Services every `repitd` answers whatever its targets, listed by reflection beside them.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -32,6 +39,7 @@ const REFLECTION_SERVICES: [&str; 2] = [
 pub struct RunningServer {
     local_addr: SocketAddr,
     task: JoinHandle<anyhow::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -52,7 +60,16 @@ impl RunningServer {
             joined = &mut task => return joined.context("server task panicked")?.map(|()| true),
             () = shutdown.cancelled() => {}
         }
-        match tokio::time::timeout(grace, &mut task).await {
+        // Workers stop at the same signal: the relay drains its acknowledgements, projections
+        // finish the batch they are committing.
+        let everything = async {
+            let served = (&mut task).await;
+            for worker in self.workers {
+                let _ = worker.await;
+            }
+            served
+        };
+        match tokio::time::timeout(grace, everything).await {
             Ok(joined) => joined.context("server task panicked")?.map(|()| true),
             Err(_) => {
                 task.abort();
@@ -76,13 +93,30 @@ pub async fn start(
         .local_addr()
         .context("failed to read the bound address")?;
 
+    let services = Services::open(config, targets).await?;
+    let mut workers = Vec::new();
+    if let Some(worker) = services.start_relay(config, targets, &shutdown)? {
+        workers.push(worker);
+    }
+    if let Some(worker) = services
+        .start_projections(config, targets, &shutdown)
+        .await?
+    {
+        workers.push(worker);
+    }
+
     let (health, health_service) = tonic_health::server::health_reporter();
     let mut routes = Routes::new(health_service);
     routes = routes
         .add_service(reflection_v1(targets)?)
         .add_service(reflection_v1alpha(targets)?);
     for &component in targets.components() {
-        routes = mount(routes, component, &contracts)?;
+        routes = match (component, &services.lesson) {
+            (Component::Lesson, Some(lesson)) => {
+                routes.add_service(repit_lesson::LessonGrpc::new(lesson.clone()).into_server())
+            }
+            _ => mount_unimplemented(routes, component, &contracts)?,
+        };
     }
     mark_serving(&health, targets).await;
 
@@ -105,12 +139,142 @@ pub async fn start(
             .context("gRPC server failed")
     });
     tracing::info!(address = %local_addr, targets = %targets, "listening");
-    Ok(RunningServer { local_addr, task })
+    Ok(RunningServer {
+        local_addr,
+        task,
+        workers,
+    })
 }
 
-/// Mounts one component. No component is implemented yet, so each answers its contract's RPCs
-/// with UNIMPLEMENTED naming the RPC; implementing a service replaces its arm here.
-fn mount(
+/// The backends and applications the selected targets use, opened once.
+struct Services {
+    store: Option<Arc<dyn EventStore>>,
+    read_models: Option<ReadModelDb>,
+    lesson: Option<LessonApplication>,
+}
+
+impl Services {
+    async fn open(config: &Config, targets: &TargetSet) -> anyhow::Result<Self> {
+        let lesson_target = targets.components().contains(&Component::Lesson);
+        let projections = targets.runs(Worker::Projections);
+        let relay = relay_runs(config, targets);
+        let store = if lesson_target || projections || relay {
+            Some(backends::event_store(config).await?)
+        } else {
+            None
+        };
+        let read_models = if lesson_target || projections {
+            Some(backends::read_models(config).await?)
+        } else {
+            None
+        };
+        let lesson = match (&store, &read_models) {
+            (Some(store), Some(db)) if lesson_target || projections => Some(
+                LessonApplication::new(store.clone(), db.clone(), LessonSettings::default()),
+            ),
+            _ => None,
+        };
+        if let (true, Some(db), Some(store)) = (lesson_target, &read_models, &store) {
+            // The tables the lesson service queries exist before its first query, even when
+            // the projections run in another process that has not started yet.
+            pipeline::runtime(
+                config,
+                db.clone(),
+                FeedSource::Store(store.clone()),
+                pipeline::lesson_read_models(),
+            )
+            .prepare()
+            .await
+            .context("failed to create the lesson read models")?;
+        }
+        Ok(Self {
+            store,
+            read_models,
+            lesson,
+        })
+    }
+
+    fn start_relay(
+        &self,
+        config: &Config,
+        targets: &TargetSet,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<JoinHandle<()>>> {
+        if !relay_runs(config, targets) {
+            return Ok(None);
+        }
+        if config.nats.url.is_empty() {
+            anyhow::bail!("the relay needs nats.url (REPIT_NATS__URL)");
+        }
+        let store = self
+            .store
+            .clone()
+            .context("the relay needs the event store")?;
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        Ok(Some(tokio::spawn(async move {
+            // The relay resumes from the last message in the stream, so restarting it after a
+            // failure is always safe.
+            while !shutdown.is_cancelled() {
+                let result = async {
+                    let context = backends::jetstream(&config).await?;
+                    let relay =
+                        Relay::new(store.clone(), context, pipeline::relay_options(&config));
+                    relay
+                        .run(shutdown.clone())
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+                .await;
+                match result {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "relay stopped, restarting in 1s"
+                        );
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
+        })))
+    }
+
+    async fn start_projections(
+        &self,
+        config: &Config,
+        targets: &TargetSet,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<JoinHandle<()>>> {
+        if !targets.runs(Worker::Projections) {
+            return Ok(None);
+        }
+        let (Some(store), Some(db), Some(lesson)) = (&self.store, &self.read_models, &self.lesson)
+        else {
+            anyhow::bail!("projections need the event store and the read-model database");
+        };
+        let source = pipeline::feed_source(config, store).await?;
+        let runtime = pipeline::runtime(config, db.clone(), source, pipeline::projections(lesson));
+        runtime
+            .prepare()
+            .await
+            .context("failed to prepare the read models")?;
+        tracing::info!(projections = ?runtime.names(), jetstream = config.projections.uses_jetstream(&config.nats), "projections starting");
+        Ok(Some(tokio::spawn(runtime.run(shutdown.clone()))))
+    }
+}
+
+/// Whether the relay runs: named explicitly, or part of `all` with NATS configured.
+fn relay_runs(config: &Config, targets: &TargetSet) -> bool {
+    targets.runs(Worker::Relay) && (!targets.is_all() || !config.nats.url.is_empty())
+}
+
+/// Mounts a component this build does not implement yet: each RPC of its contract answers
+/// UNIMPLEMENTED naming the RPC.
+fn mount_unimplemented(
     routes: Routes,
     component: Component,
     contracts: &ContractIndex,

@@ -72,18 +72,66 @@ impl fmt::Display for Component {
     }
 }
 
+/// A background worker `repitd` can run beside (or instead of) the gRPC services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Worker {
+    /// Follows the event store's `$all` and publishes every event once to NATS JetStream.
+    Relay,
+    /// Runs every read model and reactor (DESIGN.md, "Read path and fan-out").
+    Projections,
+}
+
+impl Worker {
+    /// Every worker.
+    pub const ALL: [Worker; 2] = [Worker::Relay, Worker::Projections];
+
+    /// The name `--target` uses for this worker.
+    pub fn name(self) -> &'static str {
+        match self {
+            Worker::Relay => "relay",
+            Worker::Projections => "projections",
+        }
+    }
+}
+
 /// The components selected by `--target`: `all`, or a comma-separated list of names.
+///
+/// `all` is every service plus the projections, plus the relay when NATS is configured (the
+/// relay has nothing to do without it): one process is the whole product.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetSet(Vec<Component>);
+pub struct TargetSet {
+    services: Vec<Component>,
+    workers: Vec<Worker>,
+    all: bool,
+}
 
 impl TargetSet {
     pub fn all() -> Self {
-        Self(Component::ALL.to_vec())
+        Self {
+            services: Component::ALL.to_vec(),
+            workers: Worker::ALL.to_vec(),
+            all: true,
+        }
     }
 
     /// The selected components, each once, in [`Component::ALL`] order.
     pub fn components(&self) -> &[Component] {
-        &self.0
+        &self.services
+    }
+
+    /// The selected workers, each once.
+    pub fn workers(&self) -> &[Worker] {
+        &self.workers
+    }
+
+    /// Whether `worker` runs.
+    pub fn runs(&self, worker: Worker) -> bool {
+        self.workers.contains(&worker)
+    }
+
+    /// Whether the set came from `all` (the relay then runs only when NATS is configured).
+    pub fn is_all(&self) -> bool {
+        self.all
     }
 }
 
@@ -95,10 +143,15 @@ impl Default for TargetSet {
 
 impl fmt::Display for TargetSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 == Component::ALL {
+        if self.all {
             return f.write_str("all");
         }
-        let names: Vec<&str> = self.0.iter().map(|c| c.name()).collect();
+        let names: Vec<&str> = self
+            .services
+            .iter()
+            .map(|c| c.name())
+            .chain(self.workers.iter().map(|w| w.name()))
+            .collect();
         f.write_str(&names.join(","))
     }
 }
@@ -107,27 +160,37 @@ impl FromStr for TargetSet {
     type Err = String;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        let mut selected = Vec::new();
+        let mut set = Self {
+            services: Vec::new(),
+            workers: Vec::new(),
+            all: false,
+        };
         for name in raw.split(',').map(str::trim) {
             if name == "all" {
-                selected.extend(Component::ALL);
+                set = Self::all();
                 continue;
             }
-            let component = Component::ALL
-                .into_iter()
-                .find(|c| c.name() == name)
-                .ok_or_else(|| {
-                    let known: Vec<&str> = Component::ALL.iter().map(|c| c.name()).collect();
-                    format!(
-                        "unknown target `{name}`; expected `all` or a comma list of: {}",
-                        known.join(", ")
-                    )
-                })?;
-            selected.push(component);
+            if let Some(component) = Component::ALL.into_iter().find(|c| c.name() == name) {
+                set.services.push(component);
+            } else if let Some(worker) = Worker::ALL.into_iter().find(|w| w.name() == name) {
+                set.workers.push(worker);
+            } else {
+                let known: Vec<&str> = Component::ALL
+                    .iter()
+                    .map(|c| c.name())
+                    .chain(Worker::ALL.iter().map(|w| w.name()))
+                    .collect();
+                return Err(format!(
+                    "unknown target `{name}`; expected `all` or a comma list of: {}",
+                    known.join(", ")
+                ));
+            }
         }
-        selected.sort();
-        selected.dedup();
-        Ok(Self(selected))
+        set.services.sort();
+        set.services.dedup();
+        set.workers.sort();
+        set.workers.dedup();
+        Ok(set)
     }
 }
 
@@ -156,6 +219,14 @@ mod tests {
             error.contains("`lessons`") && error.contains("homework"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn workers_are_targets_too() {
+        let set: TargetSet = "lesson,relay,projections".parse().expect("valid list");
+        assert_eq!(set.components(), &[Component::Lesson]);
+        assert_eq!(set.workers(), &[Worker::Relay, Worker::Projections]);
+        assert_eq!(set.to_string(), "lesson,relay,projections");
     }
 
     #[test]

@@ -136,22 +136,31 @@ async fn target_all_serves_health_reflection_and_names_unbuilt_rpcs() {
         assert!(listed.contains("grpc.health.v1.Health"), "{listed:?}");
     }
 
-    let status = LessonServiceClient::new(channel.clone())
-        .get_lesson(GetLessonRequest {
-            lesson_id: "0190f5c2-0000-7000-8000-000000000000".into(),
+    let status = HomeworkServiceClient::new(channel.clone())
+        .get_assignment(GetAssignmentRequest {
+            assignment_id: "0190f5c2-0000-7000-8000-000000000000".into(),
         })
         .await
-        .expect_err("GetLesson is not built yet");
+        .expect_err("GetAssignment is not built yet");
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(
         status
             .message()
-            .contains("repit.lesson.v1.LessonService/GetLesson"),
+            .contains("repit.homework.v1.HomeworkService/GetAssignment"),
         "{status:?}"
     );
     let info = status.get_details_error_info().expect("ErrorInfo detail");
     assert_eq!(info.reason, "NOT_IMPLEMENTED");
     assert_eq!(info.domain, "repit.app");
+
+    // The lesson service is built: an unknown lesson is NOT_FOUND, not UNIMPLEMENTED.
+    let status = LessonServiceClient::new(channel.clone())
+        .get_lesson(GetLessonRequest {
+            lesson_id: "0190f5c2-0000-7000-8000-000000000000".into(),
+        })
+        .await
+        .expect_err("no such lesson");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
     let (exit, logs) = server.terminate().await;
     assert!(exit.success(), "repitd exited with {exit}");

@@ -17,8 +17,13 @@ async fn python_grpcio_discovers_services_by_reflection_and_calls_one() {
     let output = tokio::process::Command::new(&python)
         .arg(&script)
         .arg(server.addr().to_string())
-        .arg("repit.lesson.v1.LessonService/GetLesson")
-        .arg(r#"{"lesson_id": "0190f5c2-0000-7000-8000-000000000000"}"#)
+        .arg("repit.lesson.v1.LessonService/ScheduleLesson")
+        .arg(
+            r#"{"tutorId": "0190f5c2-0000-7000-8000-000000000001",
+                "studentId": "0190f5c2-0000-7000-8000-000000000002",
+                "startTime": "2030-01-07T15:00:00Z", "duration": "3600s",
+                "timeZone": "Europe/Moscow", "subject": "Физика"}"#,
+        )
         .output()
         .await
         .expect("run the python client");
@@ -38,12 +43,11 @@ async fn python_grpcio_discovers_services_by_reflection_and_calls_one() {
         "{result}"
     );
     assert_eq!(result["health"], "SERVING");
-    assert_eq!(result["call"]["code"], "UNIMPLEMENTED");
-    let message = result["call"]["message"].as_str().expect("a message");
-    assert!(
-        message.contains("repit.lesson.v1.LessonService/GetLesson"),
-        "{message}"
-    );
+    assert_eq!(result["call"]["code"], "OK", "{result}");
+    let lesson = &result["call"]["response"]["lesson"];
+    assert_eq!(lesson["subject"], "Физика", "{result}");
+    assert_eq!(lesson["state"], "LESSON_STATE_SCHEDULED", "{result}");
+    assert_eq!(lesson["endTime"], "2030-01-07T16:00:00Z", "{result}");
 
     let (exit, _) = server.terminate().await;
     assert!(exit.success());

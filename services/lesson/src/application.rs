@@ -1,0 +1,870 @@
+//! The lesson service's application layer: loads aggregates, decides, appends — and orchestrates
+//! the steps that span streams (reserve slots in both schedules, then write the lesson).
+//!
+//! Booking protocol (DESIGN.md: invariants that span aggregates get their own stream):
+//! 1. reserve the interval in `tutor-schedule-<tutor>` (append with expected revision);
+//! 2. reserve it in `student-schedule-<student>`; if that is refused, give the tutor's
+//!    reservation back (BOOKING_ABANDONED) and answer with the conflict;
+//! 3. append the lesson's own event.
+//!
+//! Ids of new lessons and series are derived from the client's request id, so a retried request
+//! lands on the same streams and every step recognises itself as done. Releasing slots after a
+//! cancellation is done here at once and again by [`SlotReleaseReactor`] from the event, with the
+//! same derived event ids, so a crash between the two appends cannot leave a slot held.
+//!
+//! [`SlotReleaseReactor`]: crate::projections::SlotReleaseReactor
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use futures::{StreamExt, TryStreamExt};
+use repit_event_store::aggregate::ExecuteOptions;
+use repit_event_store::{EventId, EventStore, Repository};
+use repit_projections::ReadModelDb;
+use repit_proto::repit::common::v1::{Date, Money};
+use repit_proto::repit::lesson::v1 as pb;
+use uuid::Uuid;
+
+use crate::domain::lesson::{
+    CancelLesson, LessonCodec, MarkAttendance, RecordOutcome, RescheduleLesson, ScheduleLesson,
+    UpdateLessonDetails, interval_of,
+};
+use crate::domain::local_time::{local_to_utc, to_local};
+use crate::domain::recurrence::Recurrence;
+use crate::domain::schedule::{ScheduleCodec, SlotRequest};
+use crate::domain::series::SeriesCodec;
+use crate::domain::time::timestamp;
+use crate::domain::{
+    LessonAggregate, LessonCommand, LessonError, Party, ScheduleAggregate, ScheduleCommand,
+    ScheduleError, SeriesAggregate, SeriesCommand, streams,
+};
+use crate::error::AppError;
+
+/// How many lesson streams a series writes at once.
+const SERIES_WRITE_CONCURRENCY: usize = 16;
+
+/// The lesson service's settings.
+#[derive(Clone, Debug)]
+pub struct LessonSettings {
+    /// The cancellation policy applied until the tutor service keeps one per tutor.
+    pub default_policy: pb::CancellationPolicy,
+}
+
+impl Default for LessonSettings {
+    fn default() -> Self {
+        Self {
+            default_policy: pb::CancellationPolicy {
+                notice_hours: 24,
+                late_cancellation_fee_kind: pb::LateCancellationFeeKind::LessonPrice as i32,
+                late_cancellation_fixed_fee: None,
+                late_cancellation_counts_as_missed: true,
+            },
+        }
+    }
+}
+
+/// A lesson to schedule, parsed.
+#[derive(Clone, Debug)]
+pub struct NewLesson {
+    pub request_id: String,
+    pub tutor_id: Uuid,
+    pub student_id: Uuid,
+    pub start: DateTime<Utc>,
+    pub duration: TimeDelta,
+    pub time_zone: String,
+    pub subject: String,
+    pub price_override: Option<Money>,
+    pub planned_topic: String,
+}
+
+/// A series to create, parsed.
+#[derive(Clone, Debug)]
+pub struct NewSeries {
+    pub request_id: String,
+    pub tutor_id: Uuid,
+    pub student_id: Uuid,
+    pub subject: String,
+    pub duration: TimeDelta,
+    pub price_override: Option<Money>,
+    pub recurrence: Recurrence,
+    /// The rule as the client sent it, normalised, to store in the event.
+    pub recurrence_pb: pb::Recurrence,
+    pub skip_conflicts: bool,
+}
+
+/// What CreateSeries produced.
+#[derive(Clone, Debug)]
+pub struct CreatedSeries {
+    pub series: pb::Series,
+    pub lessons: Vec<pb::Lesson>,
+    pub skipped: Vec<(NaiveDate, DateTime<Utc>, crate::domain::Conflict)>,
+}
+
+/// A cancellation asked for, parsed.
+#[derive(Clone, Debug)]
+pub struct Cancellation {
+    pub cancelled_by: pb::CancellingParty,
+    /// The caller is the student or a parent (they may not cancel after the start).
+    pub by_student_side: bool,
+    pub reason: String,
+    pub waive_fee: bool,
+    pub cause: pb::CancellationCause,
+    pub expected_revision: Option<u64>,
+}
+
+/// A lesson command's result: the lesson after it.
+pub type LessonResult = Result<pb::Lesson, AppError>;
+
+/// The lesson service's use cases.
+#[derive(Clone)]
+pub struct LessonApplication {
+    lessons: Arc<Repository<LessonAggregate, LessonCodec>>,
+    schedules: Arc<Repository<ScheduleAggregate, ScheduleCodec>>,
+    series: Arc<Repository<SeriesAggregate, SeriesCodec>>,
+    read_models: ReadModelDb,
+    settings: LessonSettings,
+}
+
+impl std::fmt::Debug for LessonApplication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LessonApplication")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lesson_with_revision(state: &LessonAggregate, revision: Option<u64>) -> LessonResult {
+    let mut lesson = state
+        .lesson
+        .clone()
+        .ok_or(AppError::Lesson(LessonError::NotFound))?;
+    lesson.revision = revision.unwrap_or(0);
+    Ok(lesson)
+}
+
+/// The id a retried request maps to: the same request id of the same tutor gives the same id.
+fn derived_id(tutor_id: Uuid, kind: &str, request_id: &str) -> Uuid {
+    if request_id.is_empty() {
+        Uuid::now_v7()
+    } else {
+        Uuid::new_v5(&tutor_id, format!("{kind}/{request_id}").as_bytes())
+    }
+}
+
+/// The ids of the events that release a cancelled lesson's slots: the same whether the command
+/// or the reactor appends them, so the store keeps one copy.
+pub fn release_ids_source(lesson_id: &str) -> EventId {
+    EventId::from_uuid(Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("repit.lesson/release-on-cancel/{lesson_id}").as_bytes(),
+    ))
+}
+
+impl LessonApplication {
+    /// The application over an event store and the read-model database.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        read_models: ReadModelDb,
+        settings: LessonSettings,
+    ) -> Self {
+        Self {
+            lessons: Arc::new(Repository::new(store.clone(), LessonCodec)),
+            schedules: Arc::new(Repository::new(store.clone(), ScheduleCodec)),
+            series: Arc::new(Repository::new(store, SeriesCodec)),
+            read_models,
+            settings,
+        }
+    }
+
+    /// The read-model database (queries).
+    pub fn read_models(&self) -> &ReadModelDb {
+        &self.read_models
+    }
+
+    /// Reserves `slots` for the tutor and then the student, all or nothing.
+    async fn reserve(
+        &self,
+        tutor_id: Uuid,
+        student_id: Uuid,
+        slots: Vec<SlotRequest>,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let tutor_stream = streams::tutor_schedule(tutor_id)?;
+        let student_stream = streams::student_schedule(student_id)?;
+        let lesson_ids: Vec<String> = slots.iter().map(|s| s.lesson_id.clone()).collect();
+        let reserve = |party, owner: Uuid| ScheduleCommand::Reserve {
+            party,
+            owner: owner.to_string(),
+            slots: slots.clone(),
+            actor: String::new(),
+            now,
+        };
+        self.schedules
+            .execute(&tutor_stream, &reserve(Party::Tutor, tutor_id))
+            .await?;
+        if let Err(error) = self
+            .schedules
+            .execute(&student_stream, &reserve(Party::Student, student_id))
+            .await
+        {
+            // Compensate: no lesson came of the tutor's reservation.
+            let release = ScheduleCommand::Release {
+                party: Party::Tutor,
+                owner: tutor_id.to_string(),
+                lesson_ids,
+                reason: pb::SlotReleaseReason::BookingAbandoned,
+                actor: String::new(),
+                now,
+            };
+            if let Err(undo) = self.schedules.execute(&tutor_stream, &release).await {
+                tracing::error!(%tutor_id, error = %undo, "failed to give back an abandoned reservation");
+            }
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// Gives back the slots of a cancelled lesson in both schedules. Idempotent: event ids are
+    /// derived from the lesson, so the reactor doing it again writes nothing.
+    pub async fn release_cancelled(
+        &self,
+        lesson_id: &str,
+        tutor_id: &str,
+        student_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let parse = |id: &str| Uuid::parse_str(id).map_err(|e| AppError::Internal(e.to_string()));
+        for (party, owner, stream) in [
+            (
+                Party::Tutor,
+                tutor_id,
+                streams::tutor_schedule(parse(tutor_id)?)?,
+            ),
+            (
+                Party::Student,
+                student_id,
+                streams::student_schedule(parse(student_id)?)?,
+            ),
+        ] {
+            let options = ExecuteOptions {
+                id_source: Some(EventId::derived(release_ids_source(lesson_id), owner)),
+                ..ExecuteOptions::default()
+            };
+            let command = ScheduleCommand::Release {
+                party,
+                owner: owner.to_owned(),
+                lesson_ids: vec![lesson_id.to_owned()],
+                reason: pb::SlotReleaseReason::LessonCancelled,
+                actor: String::new(),
+                now,
+            };
+            match self
+                .schedules
+                .execute_with(&stream, &command, &options)
+                .await
+            {
+                Ok(_) => {}
+                // The command already released it with these very ids.
+                Err(repit_event_store::RepositoryError::Store(
+                    repit_event_store::Error::IdempotencyConflict { .. },
+                )) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// ScheduleLesson.
+    pub async fn schedule_lesson(&self, new: NewLesson) -> Result<pb::Lesson, AppError> {
+        let now = Utc::now();
+        let lesson_id = derived_id(new.tutor_id, "lesson", &new.request_id);
+        let stream = streams::lesson(lesson_id)?;
+        let existing = self.lessons.load(&stream).await?;
+        if existing.state.lesson.is_some() {
+            if !new.request_id.is_empty() && existing.state.request_id == new.request_id {
+                return lesson_with_revision(&existing.state, existing.revision);
+            }
+            return Err(AppError::Lesson(LessonError::AlreadyExists));
+        }
+        let slot = SlotRequest {
+            lesson_id: lesson_id.to_string(),
+            tutor_id: new.tutor_id.to_string(),
+            student_id: new.student_id.to_string(),
+            series_id: String::new(),
+            start: new.start,
+            end: new.start + new.duration,
+        };
+        self.reserve(new.tutor_id, new.student_id, vec![slot], now)
+            .await?;
+        let command = LessonCommand::Schedule(Box::new(ScheduleLesson {
+            lesson_id: lesson_id.to_string(),
+            tutor_id: new.tutor_id.to_string(),
+            student_id: new.student_id.to_string(),
+            series_id: String::new(),
+            start: new.start,
+            duration: new.duration,
+            time_zone: new.time_zone,
+            subject: new.subject,
+            price_override: new.price_override,
+            planned_topic: new.planned_topic,
+            request_id: new.request_id,
+            actor: String::new(),
+            now,
+        }));
+        let executed = self.lessons.execute(&stream, &command).await?;
+        lesson_with_revision(&executed.state, executed.revision)
+    }
+
+    async fn run(
+        &self,
+        lesson_id: Uuid,
+        command: LessonCommand,
+        expected_revision: Option<u64>,
+    ) -> Result<(LessonAggregate, Option<u64>), AppError> {
+        let stream = streams::lesson(lesson_id)?;
+        let options = ExecuteOptions {
+            expected_revision,
+            ..ExecuteOptions::default()
+        };
+        let executed = self
+            .lessons
+            .execute_with(&stream, &command, &options)
+            .await
+            .map_err(|e| match e {
+                repit_event_store::RepositoryError::Domain(LessonError::NotFound) => {
+                    AppError::NotFound {
+                        kind: "lesson",
+                        id: lesson_id.to_string(),
+                    }
+                }
+                other => other.into(),
+            })?;
+        Ok((executed.state, executed.revision))
+    }
+
+    async fn load_lesson(
+        &self,
+        lesson_id: Uuid,
+    ) -> Result<(LessonAggregate, Option<u64>), AppError> {
+        let loaded = self.lessons.load(&streams::lesson(lesson_id)?).await?;
+        if loaded.state.lesson.is_none() {
+            return Err(AppError::NotFound {
+                kind: "lesson",
+                id: lesson_id.to_string(),
+            });
+        }
+        Ok((loaded.state, loaded.revision))
+    }
+
+    /// RescheduleLesson: reserve the new interval (moving the reservation), then record the move.
+    pub async fn reschedule_lesson(
+        &self,
+        lesson_id: Uuid,
+        start: DateTime<Utc>,
+        duration: Option<TimeDelta>,
+        time_zone: Option<String>,
+        reason: String,
+        expected_revision: Option<u64>,
+    ) -> LessonResult {
+        let now = Utc::now();
+        let (state, revision) = self.load_lesson(lesson_id).await?;
+        if let Some(expected) = expected_revision
+            && revision != Some(expected)
+        {
+            return Err(AppError::Aborted(format!(
+                "expected revision {expected}, the lesson is at {}; reload and retry",
+                revision.unwrap_or(0)
+            )));
+        }
+        let lesson = state
+            .lesson
+            .clone()
+            .ok_or(AppError::Lesson(LessonError::NotFound))?;
+        let command = LessonCommand::Reschedule(RescheduleLesson {
+            start,
+            duration: duration.unwrap_or_else(|| {
+                let (s, e) = interval_of(&lesson);
+                e - s
+            }),
+            time_zone: time_zone.unwrap_or_else(|| lesson.time_zone.clone()),
+            reason,
+            by_series_edit: false,
+            actor: String::new(),
+            now,
+        });
+        // Refuse early (cancelled, held) before touching the schedules.
+        use repit_event_store::Aggregate;
+        let events = state.decide(&command).map_err(AppError::Lesson)?;
+        if events.is_empty() {
+            return lesson_with_revision(&state, revision);
+        }
+        let LessonCommand::Reschedule(move_to) = &command else {
+            return Err(AppError::Internal("reschedule command expected".into()));
+        };
+        let tutor_id = parse_stored(&lesson.tutor_id)?;
+        let student_id = parse_stored(&lesson.student_id)?;
+        let (old_start, old_end) = interval_of(&lesson);
+        let slot = |start: DateTime<Utc>, end: DateTime<Utc>| SlotRequest {
+            lesson_id: lesson.lesson_id.clone(),
+            tutor_id: lesson.tutor_id.clone(),
+            student_id: lesson.student_id.clone(),
+            series_id: lesson.series_id.clone(),
+            start,
+            end,
+        };
+        self.reserve(
+            tutor_id,
+            student_id,
+            vec![slot(move_to.start, move_to.start + move_to.duration)],
+            now,
+        )
+        .await?;
+        match self.run(lesson_id, command.clone(), revision).await {
+            Ok((state, revision)) => {
+                if !lesson.series_id.is_empty() {
+                    self.record_occurrence_edit(&state, now).await;
+                }
+                lesson_with_revision(&state, revision)
+            }
+            Err(error) => {
+                // The lesson changed meanwhile: put its reservation back where it was.
+                if let Err(undo) = self
+                    .reserve(tutor_id, student_id, vec![slot(old_start, old_end)], now)
+                    .await
+                {
+                    tracing::error!(%lesson_id, error = %undo, "failed to restore a reservation");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn record_occurrence_edit(&self, state: &LessonAggregate, now: DateTime<Utc>) {
+        let Some(lesson) = &state.lesson else { return };
+        let Ok(series_id) = Uuid::parse_str(&lesson.series_id) else {
+            return;
+        };
+        let Ok(zone) = crate::domain::local_time::parse_zone(&lesson.time_zone) else {
+            return;
+        };
+        let original = crate::domain::time::from_timestamp(lesson.original_start_time.as_ref());
+        let local = to_local(zone, original).date();
+        let edit = pb::SeriesOccurrenceEdited {
+            series_id: lesson.series_id.clone(),
+            lesson_id: lesson.lesson_id.clone(),
+            local_date: Some(date_pb(local)),
+            start_time: lesson.start_time,
+            duration: lesson.duration,
+            subject: lesson.subject.clone(),
+            price_override: lesson.price_override.clone(),
+            time_changed: lesson.start_time != lesson.original_start_time,
+            actor_user_id: String::new(),
+            occurred_at: Some(timestamp(now)),
+        };
+        let Ok(stream) = streams::series(series_id) else {
+            return;
+        };
+        if let Err(error) = self
+            .series
+            .execute(
+                &stream,
+                &SeriesCommand::RecordOccurrenceEdit(Box::new(edit)),
+            )
+            .await
+        {
+            tracing::warn!(%series_id, %error, "failed to record an occurrence edit on its series");
+        }
+    }
+
+    /// UpdateLesson.
+    pub async fn update_lesson(
+        &self,
+        lesson_id: Uuid,
+        update: UpdateLessonDetails,
+        expected_revision: Option<u64>,
+    ) -> LessonResult {
+        let now = update.now;
+        let (state, revision) = self
+            .run(
+                lesson_id,
+                LessonCommand::UpdateDetails(update),
+                expected_revision,
+            )
+            .await?;
+        if state
+            .lesson
+            .as_ref()
+            .is_some_and(|l| !l.series_id.is_empty())
+        {
+            self.record_occurrence_edit(&state, now).await;
+        }
+        lesson_with_revision(&state, revision)
+    }
+
+    /// CancelLesson: record the cancellation, then give the slots back.
+    pub async fn cancel_lesson(&self, lesson_id: Uuid, request: Cancellation) -> LessonResult {
+        let now = Utc::now();
+        let command = LessonCommand::Cancel(CancelLesson {
+            cancelled_by: request.cancelled_by,
+            by_student_side: request.by_student_side,
+            reason: request.reason,
+            cause: request.cause,
+            waive_fee: request.waive_fee,
+            policy: self.settings.default_policy.clone(),
+            actor: String::new(),
+            now,
+        });
+        let (state, revision) = self
+            .run(lesson_id, command, request.expected_revision)
+            .await?;
+        if let Some(lesson) = &state.lesson {
+            // The reactor does this too; doing it now frees the slot for the very next booking.
+            if let Err(error) = self
+                .release_cancelled(&lesson.lesson_id, &lesson.tutor_id, &lesson.student_id, now)
+                .await
+            {
+                tracing::warn!(%lesson_id, %error, "releasing slots failed; the reactor will retry");
+            }
+        }
+        lesson_with_revision(&state, revision)
+    }
+
+    /// MarkAttendance. Returns the lesson and whether an outcome was withdrawn.
+    pub async fn mark_attendance(
+        &self,
+        lesson_id: Uuid,
+        attendance: pb::Attendance,
+        note: String,
+        expected_revision: Option<u64>,
+    ) -> Result<(pb::Lesson, bool), AppError> {
+        let had_outcome = self
+            .load_lesson(lesson_id)
+            .await?
+            .0
+            .lesson
+            .is_some_and(|l| l.outcome.is_some());
+        let command = LessonCommand::MarkAttendance(MarkAttendance {
+            attendance,
+            note,
+            actor: String::new(),
+            now: Utc::now(),
+        });
+        let (state, revision) = self.run(lesson_id, command, expected_revision).await?;
+        let lesson = lesson_with_revision(&state, revision)?;
+        let withdrawn = had_outcome && lesson.outcome.is_none();
+        Ok((lesson, withdrawn))
+    }
+
+    /// RecordLessonOutcome.
+    pub async fn record_outcome(
+        &self,
+        lesson_id: Uuid,
+        outcome: RecordOutcome,
+        expected_revision: Option<u64>,
+    ) -> LessonResult {
+        let (state, revision) = self
+            .run(
+                lesson_id,
+                LessonCommand::RecordOutcome(outcome),
+                expected_revision,
+            )
+            .await?;
+        lesson_with_revision(&state, revision)
+    }
+
+    /// CreateSeries: expand the rule, reserve every occurrence (or the free ones), schedule
+    /// each as a lesson, then record the series.
+    pub async fn create_series(&self, new: NewSeries) -> Result<CreatedSeries, AppError> {
+        let now = Utc::now();
+        let series_id = derived_id(new.tutor_id, "series", &new.request_id);
+        let series_stream = streams::series(series_id)?;
+        let existing = self.series.load(&series_stream).await?;
+        if existing.state.series.is_some() {
+            if new.request_id.is_empty() || existing.state.request_id != new.request_id {
+                return Err(AppError::Series(crate::domain::SeriesError::AlreadyExists));
+            }
+            return self
+                .series_answer(series_id, existing.state, existing.revision, vec![])
+                .await;
+        }
+        let occurrences = new.recurrence.occurrences();
+        let slots: Vec<(NaiveDate, SlotRequest)> = occurrences
+            .iter()
+            .map(|o| {
+                let lesson_id = Uuid::new_v5(
+                    &series_id,
+                    format!("occurrence/{}", o.start.timestamp()).as_bytes(),
+                );
+                (
+                    o.local_date,
+                    SlotRequest {
+                        lesson_id: lesson_id.to_string(),
+                        tutor_id: new.tutor_id.to_string(),
+                        student_id: new.student_id.to_string(),
+                        series_id: series_id.to_string(),
+                        start: o.start,
+                        end: o.start + new.duration,
+                    },
+                )
+            })
+            .collect();
+        let (free, skipped) = if new.skip_conflicts {
+            self.plan_free_slots(new.tutor_id, new.student_id, slots, now)
+                .await?
+        } else {
+            (slots, vec![])
+        };
+        if free.is_empty() {
+            return Err(match skipped.into_iter().next() {
+                Some((_, _, conflict)) => AppError::DoubleBooked(Box::new(conflict)),
+                None => AppError::field("recurrence", "the rule yields no occurrence"),
+            });
+        }
+        self.reserve(
+            new.tutor_id,
+            new.student_id,
+            free.iter().map(|(_, s)| s.clone()).collect(),
+            now,
+        )
+        .await?;
+        let lessons: Vec<pb::Lesson> = futures::stream::iter(free.iter().cloned())
+            .map(|(_, slot)| {
+                let new = new.clone();
+                async move {
+                    let lesson_id = Uuid::parse_str(&slot.lesson_id)
+                        .map_err(|e| AppError::Internal(e.to_string()))?;
+                    let command = LessonCommand::Schedule(Box::new(ScheduleLesson {
+                        lesson_id: slot.lesson_id.clone(),
+                        tutor_id: slot.tutor_id.clone(),
+                        student_id: slot.student_id.clone(),
+                        series_id: slot.series_id.clone(),
+                        start: slot.start,
+                        duration: new.duration,
+                        time_zone: new.recurrence_pb.time_zone.clone(),
+                        subject: new.subject.clone(),
+                        price_override: new.price_override.clone(),
+                        planned_topic: String::new(),
+                        request_id: format!("series/{series_id}"),
+                        actor: String::new(),
+                        now,
+                    }));
+                    let executed = self
+                        .lessons
+                        .execute(&streams::lesson(lesson_id)?, &command)
+                        .await?;
+                    lesson_with_revision(&executed.state, executed.revision)
+                }
+            })
+            .buffered(SERIES_WRITE_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let created = pb::SeriesCreated {
+            series_id: series_id.to_string(),
+            tutor_id: new.tutor_id.to_string(),
+            student_id: new.student_id.to_string(),
+            subject: new.subject.clone(),
+            duration: Some(crate::domain::time::duration(new.duration)),
+            price_override: new.price_override.clone(),
+            recurrence: Some(new.recurrence_pb.clone()),
+            occurrences: free
+                .iter()
+                .map(|(date, slot)| pb::SeriesOccurrence {
+                    lesson_id: slot.lesson_id.clone(),
+                    local_date: Some(date_pb(*date)),
+                    start_time: Some(timestamp(slot.start)),
+                })
+                .collect(),
+            skipped_dates: skipped.iter().map(|(d, _, _)| date_pb(*d)).collect(),
+            request_id: new.request_id.clone(),
+            actor_user_id: String::new(),
+            occurred_at: Some(timestamp(now)),
+        };
+        let executed = self
+            .series
+            .execute(&series_stream, &SeriesCommand::Create(Box::new(created)))
+            .await?;
+        let mut answer = self
+            .series_answer(series_id, executed.state, executed.revision, skipped)
+            .await?;
+        answer.lessons = lessons;
+        Ok(answer)
+    }
+
+    async fn series_answer(
+        &self,
+        series_id: Uuid,
+        state: SeriesAggregate,
+        revision: Option<u64>,
+        skipped: Vec<(NaiveDate, DateTime<Utc>, crate::domain::Conflict)>,
+    ) -> Result<CreatedSeries, AppError> {
+        let mut series = state.series.clone().ok_or(AppError::NotFound {
+            kind: "series",
+            id: series_id.to_string(),
+        })?;
+        series.revision = revision.unwrap_or(0);
+        let mut lessons = Vec::with_capacity(state.occurrences.len());
+        for occurrence in &state.occurrences {
+            let id = parse_stored(&occurrence.lesson_id)?;
+            let (lesson, revision) = self.load_lesson(id).await?;
+            lessons.push(lesson_with_revision(&lesson, revision)?);
+        }
+        Ok(CreatedSeries {
+            series,
+            lessons,
+            skipped,
+        })
+    }
+
+    /// Which of `slots` are free in both schedules right now (and with each other).
+    async fn plan_free_slots(
+        &self,
+        tutor_id: Uuid,
+        student_id: Uuid,
+        slots: Vec<(NaiveDate, SlotRequest)>,
+        now: DateTime<Utc>,
+    ) -> Result<
+        (
+            Vec<(NaiveDate, SlotRequest)>,
+            Vec<(NaiveDate, DateTime<Utc>, crate::domain::Conflict)>,
+        ),
+        AppError,
+    > {
+        use repit_event_store::Aggregate;
+        let mut tutor = self
+            .schedules
+            .load(&streams::tutor_schedule(tutor_id)?)
+            .await?
+            .state;
+        let mut student = self
+            .schedules
+            .load(&streams::student_schedule(student_id)?)
+            .await?
+            .state;
+        let mut free = Vec::new();
+        let mut skipped = Vec::new();
+        for (date, slot) in slots {
+            let try_reserve = |state: &ScheduleAggregate, party, owner: Uuid| {
+                state.decide(&ScheduleCommand::Reserve {
+                    party,
+                    owner: owner.to_string(),
+                    slots: vec![slot.clone()],
+                    actor: String::new(),
+                    now,
+                })
+            };
+            match (
+                try_reserve(&tutor, Party::Tutor, tutor_id),
+                try_reserve(&student, Party::Student, student_id),
+            ) {
+                (Ok(tutor_events), Ok(student_events)) => {
+                    tutor_events.iter().for_each(|e| tutor.evolve(e));
+                    student_events.iter().for_each(|e| student.evolve(e));
+                    free.push((date, slot));
+                }
+                (Err(ScheduleError::Conflict(conflict)), _)
+                | (_, Err(ScheduleError::Conflict(conflict))) => {
+                    skipped.push((date, slot.start, *conflict));
+                }
+            }
+        }
+        Ok((free, skipped))
+    }
+
+    /// EndSeries: cancel every scheduled occurrence on or after `from_date` (the series' zone),
+    /// or every one that has not started when no date is given.
+    pub async fn end_series(
+        &self,
+        series_id: Uuid,
+        from_date: Option<NaiveDate>,
+        reason: String,
+        expected_revision: Option<u64>,
+    ) -> Result<(pb::Series, Vec<String>), AppError> {
+        let now = Utc::now();
+        let stream = streams::series(series_id)?;
+        let loaded = self.series.load(&stream).await?;
+        let Some(series) = loaded.state.series.clone() else {
+            return Err(AppError::NotFound {
+                kind: "series",
+                id: series_id.to_string(),
+            });
+        };
+        if let Some(expected) = expected_revision
+            && loaded.revision != Some(expected)
+        {
+            return Err(AppError::Aborted(format!(
+                "expected revision {expected}, the series is at {}; reload and retry",
+                loaded.revision.unwrap_or(0)
+            )));
+        }
+        if series.state() == pb::SeriesState::Ended {
+            return Err(AppError::Series(crate::domain::SeriesError::AlreadyEnded));
+        }
+        let zone = series
+            .recurrence
+            .as_ref()
+            .and_then(|r| crate::domain::local_time::parse_zone(&r.time_zone).ok())
+            .unwrap_or(chrono_tz::UTC);
+        let from_instant = from_date.map(|d| local_to_utc(zone, d, chrono::NaiveTime::MIN));
+        let mut cancelled = Vec::new();
+        for occurrence in &loaded.state.occurrences {
+            let lesson_id = parse_stored(&occurrence.lesson_id)?;
+            let (lesson, _) = self.load_lesson(lesson_id).await?;
+            let Some(current) = &lesson.lesson else {
+                continue;
+            };
+            let (start, _) = interval_of(current);
+            let in_scope = match from_instant {
+                Some(from) => start >= from,
+                None => start > now,
+            };
+            if !in_scope || current.state() != pb::LessonState::Scheduled {
+                continue;
+            }
+            let cancellation = Cancellation {
+                cancelled_by: pb::CancellingParty::Tutor,
+                by_student_side: false,
+                reason: reason.clone(),
+                waive_fee: false,
+                cause: pb::CancellationCause::SeriesEnded,
+                expected_revision: None,
+            };
+            match self.cancel_lesson(lesson_id, cancellation).await {
+                Ok(_) => cancelled.push(occurrence.lesson_id.clone()),
+                // Held or cancelled meanwhile: it is no longer the series' to cancel.
+                Err(AppError::Lesson(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        let from = from_date.unwrap_or_else(|| to_local(zone, now).date());
+        let executed = self
+            .series
+            .execute(
+                &stream,
+                &SeriesCommand::End {
+                    from_date: date_pb(from),
+                    cancelled_lesson_ids: cancelled.clone(),
+                    reason,
+                    actor: String::new(),
+                    now,
+                },
+            )
+            .await?;
+        let mut series = executed.state.series.unwrap_or(series);
+        series.revision = executed.revision.unwrap_or(0);
+        Ok((series, cancelled))
+    }
+}
+
+fn parse_stored(id: &str) -> Result<Uuid, AppError> {
+    Uuid::parse_str(id).map_err(|e| AppError::Internal(format!("stored id {id:?}: {e}")))
+}
+
+/// A chrono date as the contract's Date.
+pub fn date_pb(date: NaiveDate) -> Date {
+    use chrono::Datelike;
+    Date {
+        year: date.year(),
+        month: i32::try_from(date.month()).unwrap_or(1),
+        day: i32::try_from(date.day()).unwrap_or(1),
+    }
+}

@@ -1,0 +1,695 @@
+//! The gRPC adapter: proto in, application call, proto out. No rules live here.
+//!
+//! Until the identity issue lands there is no caller identity: requests name their tutor
+//! explicitly (`tutor_id` is required where the contract says "empty: the calling tutor") and
+//! schedule views need an explicit `time_zone`. RPCs not built yet answer UNIMPLEMENTED.
+
+use chrono::{Datelike, TimeDelta, Utc};
+use pb::lesson_service_server::LessonService;
+use repit_platform::status::not_implemented;
+use repit_proto::repit::common::v1 as common;
+use repit_proto::repit::lesson::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::application::{Cancellation, LessonApplication, NewLesson, NewSeries};
+use crate::convert::{Fields, state_filter};
+use crate::domain::lesson::{RecordOutcome, UpdateLessonDetails};
+use crate::domain::local_time::week_start;
+use crate::domain::time::timestamp;
+use crate::error::AppError;
+use crate::queries::{self, LessonFilter, Owner};
+
+/// The most days a calendar export or watch covers.
+const MAX_RANGE_DAYS: i64 = 366;
+
+/// `repit.lesson.v1.LessonService` over the application.
+#[derive(Clone, Debug)]
+pub struct LessonGrpc {
+    app: LessonApplication,
+}
+
+impl LessonGrpc {
+    pub fn new(app: LessonApplication) -> Self {
+        Self { app }
+    }
+
+    /// The tonic server to mount.
+    pub fn into_server(self) -> pb::lesson_service_server::LessonServiceServer<Self> {
+        pb::lesson_service_server::LessonServiceServer::new(self)
+    }
+}
+
+fn status(error: AppError) -> Status {
+    error.into_status("")
+}
+
+fn method(name: &str) -> Status {
+    not_implemented(&format!("repit.lesson.v1.LessonService/{name}"))
+}
+
+fn owner(fields: &mut Fields, tutor_id: &str, student_id: &str, field: &str) -> Option<Owner> {
+    match (tutor_id.is_empty(), student_id.is_empty()) {
+        (false, true) => Some(Owner::Tutor(
+            fields.uuid(&format!("{field}.tutor_id"), tutor_id),
+        )),
+        (true, false) => Some(Owner::Student(
+            fields.uuid(&format!("{field}.student_id"), student_id),
+        )),
+        _ => {
+            fields.bad(field, "name exactly one of tutor_id or student_id (no signed-in caller to default to yet)");
+            None
+        }
+    }
+}
+
+fn schedule_owner(
+    fields: &mut Fields,
+    scope: Option<&pb::ScheduleScope>,
+) -> Result<Option<Owner>, AppError> {
+    use pb::schedule_scope::Scope;
+    match scope.and_then(|s| s.scope.as_ref()) {
+        Some(Scope::TutorId(id)) => Ok(Some(Owner::Tutor(fields.uuid("scope.tutor_id", id)))),
+        Some(Scope::StudentId(id)) => Ok(Some(Owner::Student(fields.uuid("scope.student_id", id)))),
+        Some(Scope::ParentUserId(_)) => Err(AppError::Unimplemented(
+            "parent schedules need the user service's parent links, which are not built yet".into(),
+        )),
+        None => {
+            fields.bad(
+                "scope",
+                "required: tutor_id or student_id (no signed-in caller to default to yet)",
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn viewer_zone(fields: &mut Fields, zone: &str) -> chrono_tz::Tz {
+    if zone.is_empty() {
+        fields.bad(
+            "time_zone",
+            "required (no signed-in caller whose profile zone could be used yet)",
+        );
+        return chrono_tz::UTC;
+    }
+    fields.zone("time_zone", zone)
+}
+
+#[tonic::async_trait]
+impl LessonService for LessonGrpc {
+    async fn schedule_lesson(
+        &self,
+        request: Request<pb::ScheduleLessonRequest>,
+    ) -> Result<Response<pb::ScheduleLessonResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let tutor_id = f.uuid("tutor_id", &r.tutor_id);
+        let student_id = f.uuid("student_id", &r.student_id);
+        let start = f.timestamp("start_time", r.start_time.as_ref());
+        let duration = match &r.duration {
+            Some(d) => f.duration("duration", d),
+            None => {
+                f.bad(
+                    "duration",
+                    "required (the tutor's default duration is not known yet)",
+                );
+                TimeDelta::zero()
+            }
+        };
+        f.zone("time_zone", &r.time_zone);
+        let subject = f.text("subject", &r.subject, 1, 100);
+        let planned_topic = f.text("planned_topic", &r.planned_topic, 0, 500);
+        let price_override = f.money("price_override", r.price_override.as_ref());
+        if !r.request_id.is_empty() {
+            f.uuid("request_id", &r.request_id);
+        }
+        f.finish().map_err(status)?;
+        let tutor = tutor_id.to_string();
+        let lesson = self
+            .app
+            .schedule_lesson(NewLesson {
+                request_id: r.request_id,
+                tutor_id,
+                student_id,
+                start,
+                duration,
+                time_zone: r.time_zone,
+                subject,
+                price_override,
+                planned_topic,
+            })
+            .await
+            .map_err(|e| e.into_status(&tutor))?;
+        Ok(Response::new(pb::ScheduleLessonResponse {
+            revision: lesson.revision,
+            lesson: Some(lesson),
+            outside_working_hours: false,
+        }))
+    }
+
+    async fn get_lesson(
+        &self,
+        request: Request<pb::GetLessonRequest>,
+    ) -> Result<Response<pb::GetLessonResponse>, Status> {
+        let mut f = Fields::new();
+        let id = f.uuid("lesson_id", &request.get_ref().lesson_id);
+        f.finish().map_err(status)?;
+        let lesson = queries::get_lesson(self.app.read_models(), id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetLessonResponse {
+            lesson: Some(lesson),
+        }))
+    }
+
+    async fn list_lessons(
+        &self,
+        request: Request<pb::ListLessonsRequest>,
+    ) -> Result<Response<pb::ListLessonsResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let range = r.time_range.unwrap_or_default();
+        let filter = LessonFilter {
+            tutor_id: f.optional_uuid("tutor_id", &r.tutor_id),
+            student_id: f.optional_uuid("student_id", &r.student_id),
+            series_id: f.optional_uuid("series_id", &r.series_id),
+            states: state_filter(&mut f, &r.states),
+            from: range
+                .start
+                .as_ref()
+                .map(|t| f.timestamp("time_range.start", Some(t))),
+            until: range
+                .end
+                .as_ref()
+                .map(|t| f.timestamp("time_range.end", Some(t))),
+            newest_first: r.newest_first,
+            page_size: Fields::page_size(r.page.as_ref()),
+            after: None,
+        };
+        let token = r.page.map(|p| p.page_token).unwrap_or_default();
+        f.finish().map_err(status)?;
+        let filter = LessonFilter {
+            after: if token.is_empty() {
+                None
+            } else {
+                Some(queries::parse_page_token(&token).map_err(status)?)
+            },
+            ..filter
+        };
+        let (lessons, next) = queries::list_lessons(self.app.read_models(), &filter)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListLessonsResponse {
+            lessons,
+            page: Some(common::PageResponse {
+                next_page_token: next,
+            }),
+        }))
+    }
+
+    async fn update_lesson(
+        &self,
+        request: Request<pb::UpdateLessonRequest>,
+    ) -> Result<Response<pb::UpdateLessonResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let id = f.uuid("lesson_id", &r.lesson_id);
+        let paths = f.mask(
+            r.update_mask.as_ref(),
+            &["subject", "price_override", "planned_topic"],
+        );
+        let has = |p: &str| paths.iter().any(|x| x == p);
+        let update = UpdateLessonDetails {
+            subject: has("subject").then(|| f.text("subject", &r.subject, 1, 100)),
+            price_override: has("price_override")
+                .then(|| f.money("price_override", r.price_override.as_ref())),
+            planned_topic: has("planned_topic")
+                .then(|| f.text("planned_topic", &r.planned_topic, 0, 500)),
+            by_series_edit: false,
+            actor: String::new(),
+            now: Utc::now(),
+        };
+        f.finish().map_err(status)?;
+        let lesson = self
+            .app
+            .update_lesson(id, update, r.expected_revision)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateLessonResponse {
+            revision: lesson.revision,
+            lesson: Some(lesson),
+        }))
+    }
+
+    async fn reschedule_lesson(
+        &self,
+        request: Request<pb::RescheduleLessonRequest>,
+    ) -> Result<Response<pb::RescheduleLessonResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let id = f.uuid("lesson_id", &r.lesson_id);
+        let start = f.timestamp("new_start_time", r.new_start_time.as_ref());
+        let duration = r
+            .new_duration
+            .as_ref()
+            .map(|d| f.duration("new_duration", d));
+        let zone = (!r.time_zone.is_empty()).then(|| {
+            f.zone("time_zone", &r.time_zone);
+            r.time_zone.clone()
+        });
+        let reason = f.text("reason", &r.reason, 0, 500);
+        f.finish().map_err(status)?;
+        let lesson = self
+            .app
+            .reschedule_lesson(id, start, duration, zone, reason, r.expected_revision)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RescheduleLessonResponse {
+            revision: lesson.revision,
+            lesson: Some(lesson),
+            outside_working_hours: false,
+        }))
+    }
+
+    async fn cancel_lesson(
+        &self,
+        request: Request<pb::CancelLessonRequest>,
+    ) -> Result<Response<pb::CancelLessonResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let id = f.uuid("lesson_id", &r.lesson_id);
+        let reason = f.text("reason", &r.reason, 1, 500);
+        let party = match r.cancelled_by() {
+            // Without a signed-in caller, an unspecified party is the tutor's side.
+            pb::CancellingParty::Unspecified | pb::CancellingParty::Tutor => {
+                pb::CancellingParty::Tutor
+            }
+            pb::CancellingParty::Student => pb::CancellingParty::Student,
+        };
+        f.finish().map_err(status)?;
+        let lesson = self
+            .app
+            .cancel_lesson(
+                id,
+                Cancellation {
+                    cancelled_by: party,
+                    by_student_side: false,
+                    reason,
+                    waive_fee: r.waive_fee,
+                    cause: pb::CancellationCause::Requested,
+                    expected_revision: r.expected_revision,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CancelLessonResponse {
+            revision: lesson.revision,
+            cancellation: lesson.cancellation.clone(),
+            lesson: Some(lesson),
+        }))
+    }
+
+    async fn mark_attendance(
+        &self,
+        request: Request<pb::MarkAttendanceRequest>,
+    ) -> Result<Response<pb::MarkAttendanceResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let id = f.uuid("lesson_id", &r.lesson_id);
+        if r.attendance() == pb::Attendance::Unspecified {
+            f.bad("attendance", "required");
+        }
+        let note = f.text("note", &r.note, 0, 500);
+        f.finish().map_err(status)?;
+        let (lesson, outcome_withdrawn) = self
+            .app
+            .mark_attendance(id, r.attendance(), note, r.expected_revision)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MarkAttendanceResponse {
+            revision: lesson.revision,
+            lesson: Some(lesson),
+            outcome_withdrawn,
+        }))
+    }
+
+    async fn record_lesson_outcome(
+        &self,
+        request: Request<pb::RecordLessonOutcomeRequest>,
+    ) -> Result<Response<pb::RecordLessonOutcomeResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let id = f.uuid("lesson_id", &r.lesson_id);
+        let topic = f.text("topic", &r.topic, 0, 200);
+        if r.skills.len() > 20 {
+            f.bad("skills", "at most 20 skills");
+        }
+        for (i, skill) in r.skills.iter().enumerate() {
+            f.text(&format!("skills[{i}]"), skill, 1, 100);
+        }
+        let comment = f.text("comment", &r.comment, 0, 2000);
+        f.finish().map_err(status)?;
+        let lesson = self
+            .app
+            .record_outcome(
+                id,
+                RecordOutcome {
+                    topic,
+                    skills: r.skills.clone(),
+                    mastery: r.mastery(),
+                    comment,
+                    actor: String::new(),
+                    now: Utc::now(),
+                },
+                r.expected_revision,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RecordLessonOutcomeResponse {
+            revision: lesson.revision,
+            lesson: Some(lesson),
+        }))
+    }
+
+    async fn shift_planned_topics(
+        &self,
+        _request: Request<pb::ShiftPlannedTopicsRequest>,
+    ) -> Result<Response<pb::ShiftPlannedTopicsResponse>, Status> {
+        Err(method("ShiftPlannedTopics"))
+    }
+
+    async fn create_series(
+        &self,
+        request: Request<pb::CreateSeriesRequest>,
+    ) -> Result<Response<pb::CreateSeriesResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let tutor_id = f.uuid("tutor_id", &r.tutor_id);
+        let student_id = f.uuid("student_id", &r.student_id);
+        let subject = f.text("subject", &r.subject, 1, 100);
+        let duration = match &r.duration {
+            Some(d) => f.duration("duration", d),
+            None => {
+                f.bad(
+                    "duration",
+                    "required (the tutor's default duration is not known yet)",
+                );
+                TimeDelta::zero()
+            }
+        };
+        let price_override = f.money("price_override", r.price_override.as_ref());
+        if !r.request_id.is_empty() {
+            f.uuid("request_id", &r.request_id);
+        }
+        let recurrence = f.recurrence(r.recurrence.as_ref());
+        f.finish().map_err(status)?;
+        let Some((recurrence, recurrence_pb)) = recurrence else {
+            return Err(status(AppError::field("recurrence", "invalid")));
+        };
+        let tutor = tutor_id.to_string();
+        let created = self
+            .app
+            .create_series(NewSeries {
+                request_id: r.request_id,
+                tutor_id,
+                student_id,
+                subject,
+                duration,
+                price_override,
+                recurrence,
+                recurrence_pb,
+                skip_conflicts: r.skip_conflicts,
+            })
+            .await
+            .map_err(|e| e.into_status(&tutor))?;
+        let skipped = created
+            .skipped
+            .iter()
+            .map(|(date, start, conflict)| pb::SkippedOccurrence {
+                local_date: Some(crate::application::date_pb(*date)),
+                start_time: Some(timestamp(*start)),
+                conflict: Some(pb::ScheduleConflict {
+                    party: match conflict.party {
+                        crate::domain::Party::Tutor => pb::ConflictParty::Tutor,
+                        crate::domain::Party::Student => pb::ConflictParty::Student,
+                    } as i32,
+                    lesson_id: if conflict.tutor_id == tutor {
+                        conflict.lesson_id.clone()
+                    } else {
+                        String::new()
+                    },
+                    time_range: Some(common::TimeRange {
+                        start: Some(timestamp(conflict.start)),
+                        end: Some(timestamp(conflict.end)),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::CreateSeriesResponse {
+            revision: created.series.revision,
+            series: Some(created.series),
+            lessons: created.lessons,
+            skipped,
+        }))
+    }
+
+    async fn get_series(
+        &self,
+        request: Request<pb::GetSeriesRequest>,
+    ) -> Result<Response<pb::GetSeriesResponse>, Status> {
+        let mut f = Fields::new();
+        let id = f.uuid("series_id", &request.get_ref().series_id);
+        f.finish().map_err(status)?;
+        let series = queries::get_series(self.app.read_models(), id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetSeriesResponse {
+            series: Some(series),
+        }))
+    }
+
+    async fn list_series(
+        &self,
+        request: Request<pb::ListSeriesRequest>,
+    ) -> Result<Response<pb::ListSeriesResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let tutor_id = f.optional_uuid("tutor_id", &r.tutor_id);
+        let student_id = f.optional_uuid("student_id", &r.student_id);
+        let states: Vec<&'static str> = r
+            .states
+            .iter()
+            .filter_map(|s| match pb::SeriesState::try_from(*s) {
+                Ok(pb::SeriesState::Active) => Some("active"),
+                Ok(pb::SeriesState::Ended) => Some("ended"),
+                _ => {
+                    f.bad("states", format!("unknown series state {s}"));
+                    None
+                }
+            })
+            .collect();
+        let token = r
+            .page
+            .as_ref()
+            .map(|p| p.page_token.clone())
+            .unwrap_or_default();
+        let size = Fields::page_size(r.page.as_ref());
+        f.finish().map_err(status)?;
+        let after = if token.is_empty() {
+            None
+        } else {
+            Some(queries::parse_page_token(&token).map_err(status)?)
+        };
+        let (series, next) = queries::list_series(
+            self.app.read_models(),
+            tutor_id,
+            student_id,
+            &states,
+            size,
+            after,
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::ListSeriesResponse {
+            series,
+            page: Some(common::PageResponse {
+                next_page_token: next,
+            }),
+        }))
+    }
+
+    async fn update_series(
+        &self,
+        _request: Request<pb::UpdateSeriesRequest>,
+    ) -> Result<Response<pb::UpdateSeriesResponse>, Status> {
+        Err(method("UpdateSeries"))
+    }
+
+    async fn end_series(
+        &self,
+        request: Request<pb::EndSeriesRequest>,
+    ) -> Result<Response<pb::EndSeriesResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let id = f.uuid("series_id", &r.series_id);
+        let from = f.date("from_date", r.from_date.as_ref());
+        let reason = f.text("reason", &r.reason, 0, 500);
+        f.finish().map_err(status)?;
+        let (series, cancelled) = self
+            .app
+            .end_series(id, from, reason, r.expected_revision)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::EndSeriesResponse {
+            revision: series.revision,
+            series: Some(series),
+            cancelled_lesson_ids: cancelled,
+        }))
+    }
+
+    async fn get_day_schedule(
+        &self,
+        request: Request<pb::GetDayScheduleRequest>,
+    ) -> Result<Response<pb::GetDayScheduleResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let owner = schedule_owner(&mut f, r.scope.as_ref()).map_err(status)?;
+        let zone = viewer_zone(&mut f, &r.time_zone);
+        let date = f.date("date", r.date.as_ref());
+        if r.date.is_none() {
+            f.bad("date", "required");
+        }
+        f.finish().map_err(status)?;
+        let (Some(owner), Some(date)) = (owner, date) else {
+            return Err(status(AppError::field("scope", "invalid")));
+        };
+        let mut days = queries::days(
+            self.app.read_models(),
+            owner,
+            zone,
+            &[date],
+            r.include_cancelled,
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::GetDayScheduleResponse {
+            time_zone: zone.name().to_owned(),
+            day: days.pop(),
+        }))
+    }
+
+    async fn get_week_schedule(
+        &self,
+        request: Request<pb::GetWeekScheduleRequest>,
+    ) -> Result<Response<pb::GetWeekScheduleResponse>, Status> {
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let owner = schedule_owner(&mut f, r.scope.as_ref()).map_err(status)?;
+        let zone = viewer_zone(&mut f, &r.time_zone);
+        let date = f.date("date", r.date.as_ref());
+        if r.date.is_none() {
+            f.bad("date", "required");
+        }
+        let first = match r.first_day_of_week() {
+            common::Weekday::Unspecified | common::Weekday::Monday => chrono::Weekday::Mon,
+            common::Weekday::Tuesday => chrono::Weekday::Tue,
+            common::Weekday::Wednesday => chrono::Weekday::Wed,
+            common::Weekday::Thursday => chrono::Weekday::Thu,
+            common::Weekday::Friday => chrono::Weekday::Fri,
+            common::Weekday::Saturday => chrono::Weekday::Sat,
+            common::Weekday::Sunday => chrono::Weekday::Sun,
+        };
+        f.finish().map_err(status)?;
+        let (Some(owner), Some(date)) = (owner, date) else {
+            return Err(status(AppError::field("scope", "invalid")));
+        };
+        let start = week_start(date, first);
+        let week: Vec<_> = start.iter_days().take(7).collect();
+        let days = queries::days(
+            self.app.read_models(),
+            owner,
+            zone,
+            &week,
+            r.include_cancelled,
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::GetWeekScheduleResponse {
+            time_zone: zone.name().to_owned(),
+            days,
+        }))
+    }
+
+    type WatchScheduleStream = futures::stream::Empty<Result<pb::WatchScheduleResponse, Status>>;
+
+    async fn watch_schedule(
+        &self,
+        _request: Request<pb::WatchScheduleRequest>,
+    ) -> Result<Response<Self::WatchScheduleStream>, Status> {
+        Err(method("WatchSchedule"))
+    }
+
+    async fn export_calendar(
+        &self,
+        request: Request<pb::ExportCalendarRequest>,
+    ) -> Result<Response<pb::ExportCalendarResponse>, Status> {
+        use pb::calendar_owner::Owner as Which;
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let (tutor, student) = match r.owner.as_ref().and_then(|o| o.owner.as_ref()) {
+            Some(Which::TutorId(id)) => (id.as_str(), ""),
+            Some(Which::StudentId(id)) => ("", id.as_str()),
+            None => ("", ""),
+        };
+        let owner = owner(&mut f, tutor, student, "owner");
+        let now = Utc::now();
+        let range = r.time_range.unwrap_or_default();
+        let from = match &range.start {
+            Some(t) => f.timestamp("time_range.start", Some(t)),
+            None => now - TimeDelta::days(30),
+        };
+        let until = match &range.end {
+            Some(t) => f.timestamp("time_range.end", Some(t)),
+            None => now + TimeDelta::days(180),
+        };
+        if until <= from || until - from > TimeDelta::days(MAX_RANGE_DAYS) {
+            f.bad(
+                "time_range",
+                "end must follow start, at most 366 days later",
+            );
+        }
+        f.finish().map_err(status)?;
+        let Some(owner) = owner else {
+            return Err(status(AppError::field("owner", "required")));
+        };
+        let english = r.language() == common::Language::En;
+        let text = queries::calendar(
+            self.app.read_models(),
+            owner,
+            from,
+            until,
+            r.include_cancelled,
+            english,
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::ExportCalendarResponse {
+            content_type: "text/calendar; charset=utf-8".to_owned(),
+            file_name: format!("lessons-{}.ics", now.date_naive().year()),
+            content: text.into_bytes(),
+        }))
+    }
+
+    async fn get_calendar_feed(
+        &self,
+        _request: Request<pb::GetCalendarFeedRequest>,
+    ) -> Result<Response<pb::GetCalendarFeedResponse>, Status> {
+        Err(method("GetCalendarFeed"))
+    }
+
+    async fn rotate_calendar_feed(
+        &self,
+        _request: Request<pb::RotateCalendarFeedRequest>,
+    ) -> Result<Response<pb::RotateCalendarFeedResponse>, Status> {
+        Err(method("RotateCalendarFeed"))
+    }
+}

@@ -1,0 +1,65 @@
+//! Gives back the schedule slots of cancelled lessons.
+
+use async_trait::async_trait;
+use repit_event_store::{EventCodec, RecordedEvent};
+use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef};
+
+use crate::application::LessonApplication;
+use crate::domain::LessonEvent;
+use crate::domain::lesson::LessonCodec;
+use crate::domain::time::from_timestamp;
+use crate::error::AppError;
+
+/// On `LessonCancelled`, releases the lesson's slots in the tutor's and the student's schedule.
+/// The command does the same at once; this makes it certain even if the process died between
+/// the two appends, and the derived event ids make the second attempt a recognised retry.
+#[derive(Clone, Debug)]
+pub struct SlotReleaseReactor {
+    application: LessonApplication,
+}
+
+impl SlotReleaseReactor {
+    /// A reactor sending its commands through `application`.
+    pub fn new(application: LessonApplication) -> Self {
+        Self { application }
+    }
+}
+
+#[async_trait]
+impl Projection for SlotReleaseReactor {
+    fn name(&self) -> &'static str {
+        "lesson.slot-release"
+    }
+
+    fn event_types(&self) -> Vec<String> {
+        vec!["repit.lesson.v1.LessonCancelled".to_owned()]
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        &[]
+    }
+
+    async fn apply(&self, _tx: &mut ProjectionTx, event: &RecordedEvent) -> Result<(), ApplyError> {
+        let LessonEvent::Cancelled(cancelled) = LessonCodec
+            .decode(event)
+            .map_err(|e| ApplyError::Poison(format!("{e:#}")))?
+        else {
+            return Ok(());
+        };
+        let at = from_timestamp(cancelled.occurred_at.as_ref());
+        match self
+            .application
+            .release_cancelled(
+                &cancelled.lesson_id,
+                &cancelled.tutor_id,
+                &cancelled.student_id,
+                at,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(AppError::Unavailable(e) | AppError::Aborted(e)) => Err(ApplyError::Transient(e)),
+            Err(other) => Err(ApplyError::Poison(other.to_string())),
+        }
+    }
+}

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::domain::lesson::{
     CancelLesson, LessonCodec, MarkAttendance, RecordOutcome, RescheduleLesson, ScheduleLesson,
-    UpdateLessonDetails, interval_of,
+    ShiftTopic, UpdateLessonDetails, interval_of,
 };
 use crate::domain::local_time::{local_to_utc, to_local};
 use crate::domain::recurrence::Recurrence;
@@ -39,6 +39,9 @@ use crate::domain::{
     ScheduleError, SeriesAggregate, SeriesCommand, streams,
 };
 use crate::error::AppError;
+
+/// How many following lessons a topic shift looks at (the contract's bound).
+pub const SHIFT_CHAIN_LIMIT: i64 = 50;
 
 /// How many lesson streams a series writes at once.
 const SERIES_WRITE_CONCURRENCY: usize = 16;
@@ -97,6 +100,29 @@ pub struct NewSeries {
 pub struct CreatedSeries {
     pub series: pb::Series,
     pub lessons: Vec<pb::Lesson>,
+    pub skipped: Vec<(NaiveDate, DateTime<Utc>, crate::domain::Conflict)>,
+}
+
+/// A "this and following" change of a series, parsed (each `Some` is in the update mask).
+#[derive(Clone, Debug)]
+pub struct SeriesChange {
+    pub series_id: Uuid,
+    pub from_lesson_id: Uuid,
+    /// The new rule as sent; its start_date is replaced by the from-occurrence's date.
+    pub recurrence: Option<pb::Recurrence>,
+    pub duration: Option<TimeDelta>,
+    pub subject: Option<String>,
+    /// `Some(None)`: back to the tutor's default price.
+    pub price_override: Option<Option<Money>>,
+    pub skip_conflicts: bool,
+    pub expected_revision: Option<u64>,
+}
+
+/// What UpdateSeries did.
+#[derive(Clone, Debug)]
+pub struct ChangedSeries {
+    pub series: pb::Series,
+    pub affected: Vec<pb::Lesson>,
     pub skipped: Vec<(NaiveDate, DateTime<Utc>, crate::domain::Conflict)>,
 }
 
@@ -572,6 +598,87 @@ impl LessonApplication {
         lesson_with_revision(&state, revision)
     }
 
+    /// ShiftPlannedTopics: the source lesson's planned topic moves to the next scheduled lesson
+    /// of the same tutor, student and subject, whose own topic moves on, until a lesson without a
+    /// planned topic absorbs the chain (at most [`SHIFT_CHAIN_LIMIT`] lessons are looked at).
+    ///
+    /// Every step is keyed by a shift id derived from the request id, so a retry walks the same
+    /// chain, recognises the steps already done, and answers the same.
+    pub async fn shift_planned_topics(
+        &self,
+        source_id: Uuid,
+        request_id: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<(Vec<pb::TopicShift>, String), AppError> {
+        let now = Utc::now();
+        let shift_id =
+            Uuid::new_v5(&source_id, format!("shift/{request_id}").as_bytes()).to_string();
+        let (source, _) = self.load_lesson(source_id).await?;
+        let source_lesson = source
+            .lesson
+            .clone()
+            .ok_or(AppError::Lesson(LessonError::NotFound))?;
+        let step = |from: &str, topic: &str| {
+            LessonCommand::ShiftTopic(ShiftTopic {
+                shift_id: shift_id.clone(),
+                source_lesson_id: source_id.to_string(),
+                from_lesson_id: from.to_owned(),
+                topic: topic.to_owned(),
+                actor: String::new(),
+                now,
+            })
+        };
+        let (state, revision) = self.run(source_id, step("", ""), expected_revision).await?;
+        let mut carry = state
+            .last_shift
+            .as_ref()
+            .map(|(_, previous)| previous.clone())
+            .unwrap_or_default();
+        let mut shifts = vec![pb::TopicShift {
+            lesson_id: source_lesson.lesson_id.clone(),
+            previous_planned_topic: carry.clone(),
+            planned_topic: String::new(),
+            revision: revision.unwrap_or(0),
+        }];
+        let (start, _) = interval_of(&source_lesson);
+        let following = crate::queries::following_lessons(
+            &self.read_models,
+            &source_lesson,
+            start,
+            SHIFT_CHAIN_LIMIT,
+        )
+        .await?;
+        let mut from = source_lesson.lesson_id.clone();
+        for next in following {
+            if carry.is_empty() {
+                break;
+            }
+            let (state, revision) = match self.run(next, step(&from, &carry), None).await {
+                Ok(done) => done,
+                // Cancelled or held since the read model saw it: not part of the chain.
+                Err(AppError::Lesson(_)) => continue,
+                Err(other) => return Err(other),
+            };
+            let Some(lesson) = &state.lesson else {
+                continue;
+            };
+            let previous = state
+                .last_shift
+                .as_ref()
+                .map(|(_, previous)| previous.clone())
+                .unwrap_or_default();
+            shifts.push(pb::TopicShift {
+                lesson_id: lesson.lesson_id.clone(),
+                previous_planned_topic: previous.clone(),
+                planned_topic: lesson.planned_topic.clone(),
+                revision: revision.unwrap_or(0),
+            });
+            from.clone_from(&lesson.lesson_id);
+            carry = previous;
+        }
+        Ok((shifts, carry))
+    }
+
     /// CreateSeries: expand the rule, reserve every occurrence (or the free ones), schedule
     /// each as a lesson, then record the series.
     pub async fn create_series(&self, new: NewSeries) -> Result<CreatedSeries, AppError> {
@@ -768,6 +875,327 @@ impl LessonApplication {
             }
         }
         Ok((free, skipped))
+    }
+
+    /// UpdateSeries ("this and following"): from the given occurrence on, SCHEDULED future
+    /// occurrences follow the new rule — moved, added or cancelled to match, paired in time
+    /// order — and take the new duration, subject and price. Held and cancelled occurrences are
+    /// left alone; occurrences moved by hand keep their time but take the rest.
+    /// All slot changes are reserved in one append per schedule, so the change is refused as a
+    /// whole on a double booking unless `skip_conflicts` leaves the conflicting dates out.
+    pub async fn update_series(&self, change: SeriesChange) -> Result<ChangedSeries, AppError> {
+        use std::collections::HashMap;
+        let now = Utc::now();
+        let stream = streams::series(change.series_id)?;
+        let loaded = self.series.load(&stream).await?;
+        let Some(series) = loaded.state.series.clone() else {
+            return Err(AppError::NotFound {
+                kind: "series",
+                id: change.series_id.to_string(),
+            });
+        };
+        if let Some(expected) = change.expected_revision
+            && loaded.revision != Some(expected)
+        {
+            return Err(AppError::Aborted(format!(
+                "expected revision {expected}, the series is at {}; reload and retry",
+                loaded.revision.unwrap_or(0)
+            )));
+        }
+        if series.state() == pb::SeriesState::Ended {
+            return Err(AppError::Series(crate::domain::SeriesError::AlreadyEnded));
+        }
+        let from_id = change.from_lesson_id.to_string();
+        let not_an_occurrence = || {
+            AppError::Lesson(LessonError::NotScheduled(
+                "not a scheduled future occurrence of this series",
+            ))
+        };
+        let from_occurrence = loaded
+            .state
+            .occurrences
+            .iter()
+            .find(|o| o.lesson_id == from_id)
+            .ok_or_else(not_an_occurrence)?;
+        let mut fields = crate::convert::Fields::new();
+        let from_date = fields
+            .date("from_lesson_id", from_occurrence.local_date.as_ref())
+            .ok_or_else(not_an_occurrence)?;
+
+        // The occurrences from the from-date on, with their lessons.
+        let mut following = Vec::new();
+        for occurrence in &loaded.state.occurrences {
+            let Some(date) = fields.date("occurrence", occurrence.local_date.as_ref()) else {
+                continue;
+            };
+            if date < from_date {
+                continue;
+            }
+            let (lesson, revision) = self
+                .load_lesson(parse_stored(&occurrence.lesson_id)?)
+                .await?;
+            let Some(current) = lesson.lesson else {
+                continue;
+            };
+            let (start, _) = interval_of(&current);
+            let editable = current.state() == pb::LessonState::Scheduled && start > now;
+            following.push((date, current, revision, editable));
+        }
+        if !following
+            .iter()
+            .any(|(_, l, _, editable)| l.lesson_id == from_id && *editable)
+        {
+            return Err(not_an_occurrence());
+        }
+
+        let duration = change
+            .duration
+            .unwrap_or_else(|| crate::domain::time::from_duration(series.duration.as_ref()));
+        let subject = change
+            .subject
+            .clone()
+            .unwrap_or_else(|| series.subject.clone());
+        let price = change
+            .price_override
+            .clone()
+            .unwrap_or_else(|| series.price_override.clone());
+        // The new rule from the from-date, or the current times when the rule is unchanged.
+        let (rule_pb, wanted): (Option<pb::Recurrence>, Vec<(NaiveDate, DateTime<Utc>)>) =
+            match &change.recurrence {
+                Some(rule) => {
+                    let mut rule = rule.clone();
+                    rule.start_date = Some(date_pb(from_date));
+                    let parsed = fields.recurrence(Some(&rule));
+                    fields.finish()?;
+                    let Some((parsed, normalised)) = parsed else {
+                        return Err(AppError::field("recurrence", "invalid"));
+                    };
+                    let wanted = parsed
+                        .occurrences()
+                        .iter()
+                        .map(|o| (o.local_date, o.start))
+                        .collect();
+                    (Some(normalised), wanted)
+                }
+                None => (
+                    series.recurrence.clone(),
+                    following
+                        .iter()
+                        .filter(|(_, _, _, editable)| *editable)
+                        .map(|(date, lesson, _, _)| (*date, interval_of(lesson).0))
+                        .collect(),
+                ),
+            };
+
+        // Pair the editable occurrences with the new rule's, both in time order: the k-th
+        // remaining lesson becomes the rule's k-th occurrence (moved if need be); extra lessons
+        // are cancelled, extra occurrences added. Held and cancelled lessons stay as they are.
+        let editable: Vec<usize> = following
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, _, editable))| *editable)
+            .map(|(index, _)| index)
+            .collect();
+        let kept: Vec<(usize, DateTime<Utc>)> = editable
+            .iter()
+            .zip(&wanted)
+            .map(|(index, (_, start))| (*index, *start))
+            .collect();
+        let added: Vec<(NaiveDate, DateTime<Utc>)> =
+            wanted.iter().skip(editable.len()).copied().collect();
+        let removed: Vec<usize> = editable.iter().skip(wanted.len()).copied().collect();
+
+        // Reserve every new or moved interval, all at once.
+        let tutor_id = parse_stored(&series.tutor_id)?;
+        let student_id = parse_stored(&series.student_id)?;
+        let mut slots: Vec<(NaiveDate, SlotRequest)> = Vec::new();
+        let mut targets: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+        for (index, start) in &kept {
+            let (date, lesson, _, _) = &following[*index];
+            let start = if loaded.state.moved.contains(&lesson.lesson_id) {
+                interval_of(lesson).0
+            } else {
+                *start
+            };
+            targets.insert(lesson.lesson_id.clone(), (start, start + duration));
+            slots.push((
+                *date,
+                SlotRequest {
+                    lesson_id: lesson.lesson_id.clone(),
+                    tutor_id: series.tutor_id.clone(),
+                    student_id: series.student_id.clone(),
+                    series_id: series.series_id.clone(),
+                    start,
+                    end: start + duration,
+                },
+            ));
+        }
+        for (date, start) in &added {
+            let lesson_id = Uuid::new_v5(
+                &change.series_id,
+                format!("occurrence/{}", start.timestamp()).as_bytes(),
+            );
+            slots.push((
+                *date,
+                SlotRequest {
+                    lesson_id: lesson_id.to_string(),
+                    tutor_id: series.tutor_id.clone(),
+                    student_id: series.student_id.clone(),
+                    series_id: series.series_id.clone(),
+                    start: *start,
+                    end: *start + duration,
+                },
+            ));
+        }
+        let (free, skipped) = if change.skip_conflicts {
+            self.plan_free_slots(tutor_id, student_id, slots, now)
+                .await?
+        } else {
+            (slots, vec![])
+        };
+        self.reserve(
+            tutor_id,
+            student_id,
+            free.iter().map(|(_, s)| s.clone()).collect(),
+            now,
+        )
+        .await?;
+        let free_ids: std::collections::HashSet<String> =
+            free.iter().map(|(_, s)| s.lesson_id.clone()).collect();
+
+        let mut affected = Vec::new();
+        let mut kept_pb = Vec::new();
+        let mut added_pb = Vec::new();
+        for (index, _) in &kept {
+            let (date, lesson, _, _) = &following[*index];
+            let lesson_id = parse_stored(&lesson.lesson_id)?;
+            if let Some((start, end)) = targets
+                .get(&lesson.lesson_id)
+                .filter(|_| free_ids.contains(&lesson.lesson_id))
+            {
+                let command = LessonCommand::Reschedule(RescheduleLesson {
+                    start: *start,
+                    duration: *end - *start,
+                    time_zone: lesson.time_zone.clone(),
+                    reason: String::new(),
+                    by_series_edit: true,
+                    actor: String::new(),
+                    now,
+                });
+                self.run(lesson_id, command, None).await?;
+            }
+            let details = LessonCommand::UpdateDetails(UpdateLessonDetails {
+                subject: Some(subject.clone()),
+                price_override: Some(price.clone()),
+                planned_topic: None,
+                by_series_edit: true,
+                actor: String::new(),
+                now,
+            });
+            let (state, revision) = self.run(lesson_id, details, None).await?;
+            let changed = lesson_with_revision(&state, revision)?;
+            kept_pb.push(pb::SeriesOccurrence {
+                lesson_id: changed.lesson_id.clone(),
+                local_date: Some(date_pb(*date)),
+                start_time: changed.start_time,
+            });
+            if changed.start_time != lesson.start_time
+                || changed.duration != lesson.duration
+                || changed.subject != lesson.subject
+                || changed.price_override != lesson.price_override
+            {
+                affected.push(changed);
+            }
+        }
+        for (date, slot) in free.iter().filter(|(_, s)| {
+            !following
+                .iter()
+                .any(|(_, l, _, _)| l.lesson_id == s.lesson_id)
+        }) {
+            let command = LessonCommand::Schedule(Box::new(ScheduleLesson {
+                lesson_id: slot.lesson_id.clone(),
+                tutor_id: slot.tutor_id.clone(),
+                student_id: slot.student_id.clone(),
+                series_id: slot.series_id.clone(),
+                start: slot.start,
+                duration,
+                time_zone: rule_pb
+                    .as_ref()
+                    .map_or_else(String::new, |r| r.time_zone.clone()),
+                subject: subject.clone(),
+                price_override: price.clone(),
+                planned_topic: String::new(),
+                request_id: format!("series/{}", series.series_id),
+                actor: String::new(),
+                now,
+            }));
+            let (state, revision) = self
+                .run(parse_stored(&slot.lesson_id)?, command, None)
+                .await?;
+            let lesson = lesson_with_revision(&state, revision)?;
+            added_pb.push(pb::SeriesOccurrence {
+                lesson_id: lesson.lesson_id.clone(),
+                local_date: Some(date_pb(*date)),
+                start_time: lesson.start_time,
+            });
+            affected.push(lesson);
+        }
+        let mut removed_ids = Vec::new();
+        for index in &removed {
+            let lesson = &following[*index].1;
+            let cancellation = Cancellation {
+                cancelled_by: pb::CancellingParty::Tutor,
+                by_student_side: false,
+                reason: "series changed".to_owned(),
+                waive_fee: false,
+                cause: pb::CancellationCause::SeriesEdited,
+                expected_revision: None,
+            };
+            match self
+                .cancel_lesson(parse_stored(&lesson.lesson_id)?, cancellation)
+                .await
+            {
+                Ok(cancelled) => {
+                    removed_ids.push(cancelled.lesson_id.clone());
+                    affected.push(cancelled);
+                }
+                Err(AppError::Lesson(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        affected.sort_by_key(|l| l.start_time.map_or((0, 0), |t| (t.seconds, t.nanos)));
+
+        let edit = pb::SeriesEditedFromOccurrence {
+            series_id: series.series_id.clone(),
+            tutor_id: series.tutor_id.clone(),
+            student_id: series.student_id.clone(),
+            from_lesson_id: from_id,
+            from_date: Some(date_pb(from_date)),
+            recurrence: rule_pb,
+            duration: Some(crate::domain::time::duration(duration)),
+            subject,
+            price_override: price,
+            kept: kept_pb,
+            added: added_pb,
+            removed_lesson_ids: removed_ids,
+            skipped_dates: skipped.iter().map(|(d, _, _)| date_pb(*d)).collect(),
+            actor_user_id: String::new(),
+            occurred_at: Some(timestamp(now)),
+        };
+        let executed = self
+            .series
+            .execute(
+                &stream,
+                &SeriesCommand::RecordEditFromOccurrence(Box::new(edit)),
+            )
+            .await?;
+        let mut series = executed.state.series.unwrap_or(series);
+        series.revision = executed.revision.unwrap_or(0);
+        Ok(ChangedSeries {
+            series,
+            affected,
+            skipped,
+        })
     }
 
     /// EndSeries: cancel every scheduled occurrence on or after `from_date` (the series' zone),

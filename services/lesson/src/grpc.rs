@@ -11,7 +11,7 @@ use repit_proto::repit::common::v1 as common;
 use repit_proto::repit::lesson::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::application::{Cancellation, LessonApplication, NewLesson, NewSeries};
+use crate::application::{Cancellation, LessonApplication, NewLesson, NewSeries, SeriesChange};
 use crate::convert::{Fields, state_filter};
 use crate::domain::lesson::{RecordOutcome, UpdateLessonDetails};
 use crate::domain::local_time::week_start;
@@ -81,6 +81,39 @@ fn schedule_owner(
             Ok(None)
         }
     }
+}
+
+/// Occurrences left out for a conflict; the conflicting lesson is named only to its own tutor.
+fn skipped_pb(
+    skipped: &[(
+        chrono::NaiveDate,
+        chrono::DateTime<Utc>,
+        crate::domain::Conflict,
+    )],
+    tutor: &str,
+) -> Vec<pb::SkippedOccurrence> {
+    skipped
+        .iter()
+        .map(|(date, start, conflict)| pb::SkippedOccurrence {
+            local_date: Some(crate::application::date_pb(*date)),
+            start_time: Some(timestamp(*start)),
+            conflict: Some(pb::ScheduleConflict {
+                party: match conflict.party {
+                    crate::domain::Party::Tutor => pb::ConflictParty::Tutor,
+                    crate::domain::Party::Student => pb::ConflictParty::Student,
+                } as i32,
+                lesson_id: if conflict.tutor_id == tutor {
+                    conflict.lesson_id.clone()
+                } else {
+                    String::new()
+                },
+                time_range: Some(common::TimeRange {
+                    start: Some(timestamp(conflict.start)),
+                    end: Some(timestamp(conflict.end)),
+                }),
+            }),
+        })
+        .collect()
 }
 
 fn viewer_zone(fields: &mut Fields, zone: &str) -> chrono_tz::Tz {
@@ -372,9 +405,22 @@ impl LessonService for LessonGrpc {
 
     async fn shift_planned_topics(
         &self,
-        _request: Request<pb::ShiftPlannedTopicsRequest>,
+        request: Request<pb::ShiftPlannedTopicsRequest>,
     ) -> Result<Response<pb::ShiftPlannedTopicsResponse>, Status> {
-        Err(method("ShiftPlannedTopics"))
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        f.uuid("request_id", &r.request_id);
+        let id = f.uuid("lesson_id", &r.lesson_id);
+        f.finish().map_err(status)?;
+        let (shifts, unplaced_topic) = self
+            .app
+            .shift_planned_topics(id, &r.request_id, r.expected_revision)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ShiftPlannedTopicsResponse {
+            shifts,
+            unplaced_topic,
+        }))
     }
 
     async fn create_series(
@@ -421,29 +467,7 @@ impl LessonService for LessonGrpc {
             })
             .await
             .map_err(|e| e.into_status(&tutor))?;
-        let skipped = created
-            .skipped
-            .iter()
-            .map(|(date, start, conflict)| pb::SkippedOccurrence {
-                local_date: Some(crate::application::date_pb(*date)),
-                start_time: Some(timestamp(*start)),
-                conflict: Some(pb::ScheduleConflict {
-                    party: match conflict.party {
-                        crate::domain::Party::Tutor => pb::ConflictParty::Tutor,
-                        crate::domain::Party::Student => pb::ConflictParty::Student,
-                    } as i32,
-                    lesson_id: if conflict.tutor_id == tutor {
-                        conflict.lesson_id.clone()
-                    } else {
-                        String::new()
-                    },
-                    time_range: Some(common::TimeRange {
-                        start: Some(timestamp(conflict.start)),
-                        end: Some(timestamp(conflict.end)),
-                    }),
-                }),
-            })
-            .collect();
+        let skipped = skipped_pb(&created.skipped, &tutor);
         Ok(Response::new(pb::CreateSeriesResponse {
             revision: created.series.revision,
             series: Some(created.series),
@@ -519,9 +543,55 @@ impl LessonService for LessonGrpc {
 
     async fn update_series(
         &self,
-        _request: Request<pb::UpdateSeriesRequest>,
+        request: Request<pb::UpdateSeriesRequest>,
     ) -> Result<Response<pb::UpdateSeriesResponse>, Status> {
-        Err(method("UpdateSeries"))
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let series_id = f.uuid("series_id", &r.series_id);
+        let from_lesson_id = f.uuid("from_lesson_id", &r.from_lesson_id);
+        let paths = f.mask(
+            r.update_mask.as_ref(),
+            &["recurrence", "duration", "subject", "price_override"],
+        );
+        let has = |p: &str| paths.iter().any(|x| x == p);
+        if has("recurrence") && r.recurrence.is_none() {
+            f.bad("recurrence", "required when named in update_mask");
+        }
+        let duration = if has("duration") {
+            match &r.duration {
+                Some(d) => Some(f.duration("duration", d)),
+                None => {
+                    f.bad("duration", "required when named in update_mask");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let change = SeriesChange {
+            series_id,
+            from_lesson_id,
+            recurrence: if has("recurrence") {
+                r.recurrence.clone()
+            } else {
+                None
+            },
+            duration,
+            subject: has("subject").then(|| f.text("subject", &r.subject, 1, 100)),
+            price_override: has("price_override")
+                .then(|| f.money("price_override", r.price_override.as_ref())),
+            skip_conflicts: r.skip_conflicts,
+            expected_revision: r.expected_revision,
+        };
+        f.finish().map_err(status)?;
+        let changed = self.app.update_series(change).await.map_err(status)?;
+        let tutor = changed.series.tutor_id.clone();
+        Ok(Response::new(pb::UpdateSeriesResponse {
+            revision: changed.series.revision,
+            skipped: skipped_pb(&changed.skipped, &tutor),
+            series: Some(changed.series),
+            affected_lessons: changed.affected,
+        }))
     }
 
     async fn end_series(

@@ -9,8 +9,8 @@
 //! - [`projections`]: the read models this service owns and its reactor.
 //! - [`error`]: the one mapping of the service's errors to gRPC statuses.
 //!
-//! Not built yet (they answer UNIMPLEMENTED): ShiftPlannedTopics, UpdateSeries, WatchSchedule,
-//! GetCalendarFeed, RotateCalendarFeed.
+//! Not built yet (they answer UNIMPLEMENTED): WatchSchedule, GetCalendarFeed,
+//! RotateCalendarFeed (the feed URL is served by the gateway, which comes with identity).
 
 pub mod application;
 pub mod calendar;

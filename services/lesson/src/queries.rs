@@ -300,6 +300,35 @@ pub async fn calendar(
     Ok(render(name, &events, Utc::now()))
 }
 
+/// The SCHEDULED lessons of one tutor, student and subject starting after `after`, in time
+/// order, at most `limit`: the chain a topic shift walks.
+pub async fn following_lessons(
+    db: &ReadModelDb,
+    lesson: &pb::Lesson,
+    after: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Uuid>, AppError> {
+    let rows = sqlx::query(&format!(
+        "SELECT lesson_id FROM {LESSONS_TABLE}
+         WHERE tutor_id = $1 AND student_id = $2 AND subject = $3 AND state = 'scheduled'
+           AND start_at_us > $4 AND lesson_id <> $5
+         ORDER BY start_at_us, lesson_id LIMIT {limit}"
+    ))
+    .bind(&lesson.tutor_id)
+    .bind(&lesson.student_id)
+    .bind(&lesson.subject)
+    .bind(after.timestamp_micros())
+    .bind(&lesson.lesson_id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get(0)?;
+            Uuid::parse_str(&id).map_err(|e| AppError::Internal(e.to_string()))
+        })
+        .collect()
+}
+
 /// GetSeries.
 pub async fn get_series(db: &ReadModelDb, series_id: Uuid) -> Result<pb::Series, AppError> {
     let row = sqlx::query(&format!(

@@ -36,6 +36,11 @@ pub struct LessonAggregate {
     pub attendance: Attendance,
     /// The request that scheduled it, to recognise a retried ScheduleLesson.
     pub request_id: String,
+    /// The last topic shift that touched this lesson and the planned topic it had before, so a
+    /// retried ShiftPlannedTopics recognises its own work and answers the same.
+    pub last_shift: Option<(String, String)>,
+    /// This lesson's own planned topic was shifted on (it was the source of a shift).
+    pub topic_shifted_away: bool,
 }
 
 /// Schedules a lesson whose slots are already reserved.
@@ -114,6 +119,19 @@ pub struct RecordOutcome {
     pub now: DateTime<Utc>,
 }
 
+/// One step of a topic shift: the source lesson gives its topic away (`topic` empty), or a
+/// following lesson takes `topic` and hands its own on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShiftTopic {
+    pub shift_id: String,
+    pub source_lesson_id: String,
+    /// The lesson the topic comes from (empty on the source lesson).
+    pub from_lesson_id: String,
+    pub topic: String,
+    pub actor: String,
+    pub now: DateTime<Utc>,
+}
+
 /// What may be asked of a lesson.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LessonCommand {
@@ -123,6 +141,7 @@ pub enum LessonCommand {
     Cancel(CancelLesson),
     MarkAttendance(MarkAttendance),
     RecordOutcome(RecordOutcome),
+    ShiftTopic(ShiftTopic),
 }
 
 /// Why a lesson refused a command.
@@ -146,6 +165,12 @@ pub enum LessonError {
     StartedAlready,
     #[error("subject and price cannot change after attendance was marked")]
     DetailsLocked,
+    #[error("only a cancelled or missed lesson's topic can be shifted on")]
+    NotShiftable,
+    #[error("the lesson has no planned topic to shift")]
+    NoPlannedTopic,
+    #[error("the lesson's planned topic was already shifted")]
+    AlreadyShifted,
 }
 
 impl LessonError {
@@ -161,6 +186,9 @@ impl LessonError {
             Self::NoTopic => "no_topic",
             Self::StartedAlready => "lesson_started",
             Self::DetailsLocked => "attendance_marked",
+            Self::NotShiftable => "lesson_not_missed",
+            Self::NoPlannedTopic => "no_planned_topic",
+            Self::AlreadyShifted => "topic_already_shifted",
         }
     }
 }
@@ -207,6 +235,7 @@ impl Aggregate for LessonAggregate {
             LessonCommand::Cancel(c) => self.cancel(c),
             LessonCommand::MarkAttendance(c) => self.mark_attendance(c),
             LessonCommand::RecordOutcome(c) => self.record_outcome(c),
+            LessonCommand::ShiftTopic(c) => self.shift_topic(c),
         }
     }
 
@@ -310,7 +339,11 @@ impl Aggregate for LessonAggregate {
                 }
             }
             LessonEvent::PlannedTopicShifted(e) => {
+                self.last_shift = Some((e.shift_id.clone(), e.previous_planned_topic.clone()));
                 if let Some(lesson) = &mut self.lesson {
+                    if e.source_lesson_id == lesson.lesson_id {
+                        self.topic_shifted_away = true;
+                    }
                     lesson.planned_topic.clone_from(&e.planned_topic);
                     lesson.updated_at = e.occurred_at;
                 }
@@ -495,6 +528,54 @@ impl LessonAggregate {
         })])
     }
 
+    fn shift_topic(&self, c: &ShiftTopic) -> Result<Vec<LessonEvent>, LessonError> {
+        let lesson = self.existing()?;
+        if self
+            .last_shift
+            .as_ref()
+            .is_some_and(|(shift, _)| *shift == c.shift_id)
+        {
+            return Ok(vec![]); // A retry of this very shift.
+        }
+        let is_source = c.source_lesson_id == lesson.lesson_id;
+        if is_source {
+            if !matches!(
+                lesson.state(),
+                LessonState::Cancelled
+                    | LessonState::ExcusedAbsence
+                    | LessonState::UnexcusedAbsence
+            ) {
+                return Err(LessonError::NotShiftable);
+            }
+            if self.topic_shifted_away {
+                return Err(LessonError::AlreadyShifted);
+            }
+            if lesson.planned_topic.is_empty() {
+                return Err(LessonError::NoPlannedTopic);
+            }
+        } else {
+            Self::require_scheduled(lesson)?;
+        }
+        Ok(vec![LessonEvent::PlannedTopicShifted(
+            pb::PlannedTopicShifted {
+                lesson_id: lesson.lesson_id.clone(),
+                tutor_id: lesson.tutor_id.clone(),
+                student_id: lesson.student_id.clone(),
+                shift_id: c.shift_id.clone(),
+                source_lesson_id: c.source_lesson_id.clone(),
+                from_lesson_id: c.from_lesson_id.clone(),
+                planned_topic: if is_source {
+                    String::new()
+                } else {
+                    c.topic.clone()
+                },
+                previous_planned_topic: lesson.planned_topic.clone(),
+                actor_user_id: c.actor.clone(),
+                occurred_at: Some(timestamp(c.now)),
+            },
+        )])
+    }
+
     fn record_outcome(&self, c: &RecordOutcome) -> Result<Vec<LessonEvent>, LessonError> {
         let lesson = self.existing()?;
         if lesson.state() != LessonState::Conducted {
@@ -653,6 +734,51 @@ mod tests {
                 now: now(),
             }))
             .then_error(LessonError::NotConducted);
+    }
+
+    fn shift(source: &str) -> LessonCommand {
+        LessonCommand::ShiftTopic(ShiftTopic {
+            shift_id: "shift-1".into(),
+            source_lesson_id: source.into(),
+            from_lesson_id: String::new(),
+            topic: String::new(),
+            actor: "t1".into(),
+            now: now(),
+        })
+    }
+
+    #[test]
+    fn a_scheduled_lesson_cannot_be_the_source_of_a_topic_shift() {
+        given::<LessonAggregate>([scheduled()])
+            .when(&shift("l1"))
+            .then_error(LessonError::NotShiftable);
+    }
+
+    #[test]
+    fn a_cancelled_lessons_topic_shifts_once_and_a_retry_changes_nothing() {
+        let mut state = LessonAggregate::default();
+        state.evolve(&scheduled());
+        let cancelled = state
+            .decide(&cancel(CancellingParty::Tutor, now()))
+            .unwrap_or_default()
+            .remove(0);
+        state.evolve(&cancelled);
+        let shifted = state.decide(&shift("l1")).unwrap_or_default();
+        let [LessonEvent::PlannedTopicShifted(event)] = shifted.as_slice() else {
+            panic!("unexpected events {shifted:?}")
+        };
+        assert_eq!(event.previous_planned_topic, "Fractions");
+        assert!(event.planned_topic.is_empty());
+        given::<LessonAggregate>([scheduled(), cancelled.clone(), shifted[0].clone()])
+            .when(&shift("l1"))
+            .then([]);
+        let mut other = shift("l1");
+        if let LessonCommand::ShiftTopic(c) = &mut other {
+            c.shift_id = "shift-2".into();
+        }
+        given::<LessonAggregate>([scheduled(), cancelled, shifted[0].clone()])
+            .when(&other)
+            .then_error(LessonError::AlreadyShifted);
     }
 
     #[test]

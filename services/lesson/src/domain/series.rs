@@ -29,6 +29,8 @@ pub struct SeriesAggregate {
     pub occurrences: Vec<pb::SeriesOccurrence>,
     /// The request that created it.
     pub request_id: String,
+    /// Occurrences moved in time by hand: a later "this and following" change keeps their time.
+    pub moved: std::collections::HashSet<String>,
 }
 
 /// What may be asked of a series.
@@ -39,6 +41,8 @@ pub enum SeriesCommand {
     Create(Box<pb::SeriesCreated>),
     /// Records that one occurrence was moved or changed by hand.
     RecordOccurrenceEdit(Box<pb::SeriesOccurrenceEdited>),
+    /// Records a "this and following" change whose lessons the application already changed.
+    RecordEditFromOccurrence(Box<pb::SeriesEditedFromOccurrence>),
     /// Ends the series from a date; the application cancels the listed lessons.
     End {
         from_date: Date,
@@ -79,6 +83,13 @@ impl Aggregate for SeriesAggregate {
             SeriesCommand::RecordOccurrenceEdit(edit) => {
                 self.series.as_ref().ok_or(SeriesError::NotFound)?;
                 Ok(vec![SeriesEvent::OccurrenceEdited((**edit).clone())])
+            }
+            SeriesCommand::RecordEditFromOccurrence(edit) => {
+                let series = self.series.as_ref().ok_or(SeriesError::NotFound)?;
+                if series.state() == pb::SeriesState::Ended {
+                    return Err(SeriesError::AlreadyEnded);
+                }
+                Ok(vec![SeriesEvent::EditedFromOccurrence((**edit).clone())])
             }
             SeriesCommand::End {
                 from_date,
@@ -127,6 +138,9 @@ impl Aggregate for SeriesAggregate {
                 });
             }
             SeriesEvent::OccurrenceEdited(e) => {
+                if e.time_changed {
+                    self.moved.insert(e.lesson_id.clone());
+                }
                 if let Some(occurrence) = self
                     .occurrences
                     .iter_mut()
@@ -139,7 +153,18 @@ impl Aggregate for SeriesAggregate {
                 }
             }
             SeriesEvent::EditedFromOccurrence(e) => {
+                for kept in &e.kept {
+                    if let Some(occurrence) = self
+                        .occurrences
+                        .iter_mut()
+                        .find(|o| o.lesson_id == kept.lesson_id)
+                    {
+                        occurrence.start_time = kept.start_time;
+                    }
+                }
                 self.occurrences.extend(e.added.iter().cloned());
+                self.occurrences
+                    .sort_by_key(|o| o.start_time.map_or((0, 0), |t| (t.seconds, t.nanos)));
                 if let Some(series) = &mut self.series {
                     series.recurrence.clone_from(&e.recurrence);
                     series.duration = e.duration;

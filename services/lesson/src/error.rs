@@ -29,6 +29,9 @@ pub enum AppError {
     /// The client's expected revision did not hold, or writers kept conflicting.
     #[error("{0}")]
     Aborted(String),
+    /// A limit on open resources (watches) is reached.
+    #[error("{0}")]
+    Exhausted(String),
     /// A part of the request this build cannot serve yet.
     #[error("{0}")]
     Unimplemented(String),
@@ -235,6 +238,11 @@ impl AppError {
                 let mut details = info("CONCURRENT_MODIFICATION", vec![]);
                 details.set_retry_info(Some(std::time::Duration::from_millis(100)));
                 Status::with_error_details(Code::Aborted, message, details)
+            }
+            Self::Exhausted(message) => {
+                let mut details = info("OVERLOADED", vec![]);
+                details.set_retry_info(Some(std::time::Duration::from_secs(5)));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             Self::Unimplemented(message) => Status::with_error_details(
                 Code::Unimplemented,

@@ -18,6 +18,7 @@ use crate::domain::local_time::week_start;
 use crate::domain::time::timestamp;
 use crate::error::AppError;
 use crate::queries::{self, LessonFilter, Owner};
+use crate::watch::{WatchSpec, Watches};
 
 /// The most days a calendar export or watch covers.
 const MAX_RANGE_DAYS: i64 = 366;
@@ -26,11 +27,16 @@ const MAX_RANGE_DAYS: i64 = 366;
 #[derive(Clone, Debug)]
 pub struct LessonGrpc {
     app: LessonApplication,
+    watches: Watches,
 }
 
 impl LessonGrpc {
-    pub fn new(app: LessonApplication) -> Self {
-        Self { app }
+    /// The service; open watches end with UNAVAILABLE when `shutdown` fires.
+    pub fn new(app: LessonApplication, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        Self {
+            app,
+            watches: Watches::new(shutdown),
+        }
     }
 
     /// The tonic server to mount.
@@ -689,13 +695,45 @@ impl LessonService for LessonGrpc {
         }))
     }
 
-    type WatchScheduleStream = futures::stream::Empty<Result<pb::WatchScheduleResponse, Status>>;
+    type WatchScheduleStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::WatchScheduleResponse, Status>>;
 
     async fn watch_schedule(
         &self,
-        _request: Request<pb::WatchScheduleRequest>,
+        request: Request<pb::WatchScheduleRequest>,
     ) -> Result<Response<Self::WatchScheduleStream>, Status> {
-        Err(method("WatchSchedule"))
+        let r = request.into_inner();
+        let mut f = Fields::new();
+        let owner = schedule_owner(&mut f, r.scope.as_ref()).map_err(status)?;
+        let zone = viewer_zone(&mut f, &r.time_zone);
+        let range = r.time_range.unwrap_or_default();
+        let from = f.timestamp("time_range.start", range.start.as_ref());
+        let until = f.timestamp("time_range.end", range.end.as_ref());
+        if until <= from || until - from > TimeDelta::days(MAX_RANGE_DAYS) {
+            f.bad(
+                "time_range",
+                "end must follow start, at most 366 days later",
+            );
+        }
+        f.finish().map_err(status)?;
+        let Some(owner) = owner else {
+            return Err(status(AppError::field("scope", "required")));
+        };
+        let spec = WatchSpec {
+            owner,
+            from,
+            until,
+            zone,
+            include_cancelled: r.include_cancelled,
+        };
+        let receiver = self
+            .watches
+            .open(self.app.read_models().clone(), spec)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
     }
 
     async fn export_calendar(

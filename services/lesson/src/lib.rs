@@ -5,12 +5,12 @@
 //!   given/when/then tests; recurrence rules and time zones.
 //! - [`application`]: loads, decides, appends; the booking protocol across schedule streams.
 //! - [`grpc`]: the tonic adapter; [`convert`]: every proto → domain conversion.
-//! - [`queries`]: answers from the read models; [`calendar`]: iCalendar rendering.
+//! - [`queries`]: answers from the read models; [`calendar`]: iCalendar rendering;
+//!   [`watch`]: live schedule views following the read model.
 //! - [`projections`]: the read models this service owns and its reactor.
 //! - [`error`]: the one mapping of the service's errors to gRPC statuses.
 //!
-//! Not built yet (they answer UNIMPLEMENTED): WatchSchedule, GetCalendarFeed,
-//! RotateCalendarFeed (the feed URL is served by the gateway, which comes with identity).
+//! Not built yet (they answer UNIMPLEMENTED): GetCalendarFeed, RotateCalendarFeed (the feed URL is served by the gateway, which comes with identity).
 
 pub mod application;
 pub mod calendar;
@@ -20,6 +20,7 @@ pub mod error;
 pub mod grpc;
 pub mod projections;
 pub mod queries;
+pub mod watch;
 
 pub use application::{LessonApplication, LessonSettings};
 pub use grpc::LessonGrpc;

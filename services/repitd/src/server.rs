@@ -112,9 +112,9 @@ pub async fn start(
         .add_service(reflection_v1alpha(targets)?);
     for &component in targets.components() {
         routes = match (component, &services.lesson) {
-            (Component::Lesson, Some(lesson)) => {
-                routes.add_service(repit_lesson::LessonGrpc::new(lesson.clone()).into_server())
-            }
+            (Component::Lesson, Some(lesson)) => routes.add_service(
+                repit_lesson::LessonGrpc::new(lesson.clone(), shutdown.clone()).into_server(),
+            ),
             _ => mount_unimplemented(routes, component, &contracts)?,
         };
     }

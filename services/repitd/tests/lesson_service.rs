@@ -461,3 +461,114 @@ async fn a_retried_schedule_returns_the_first_answer() {
     let (exit, _) = server.terminate().await;
     assert!(exit.success());
 }
+
+#[tokio::test]
+async fn a_schedule_watch_sends_a_snapshot_then_every_change_until_shutdown() {
+    use pb::watch_schedule_response::Update;
+    let (server, mut lessons) = serve().await;
+    let tutor = Uuid::now_v7().to_string();
+    let now = Utc::now();
+    let lesson_at = |days: i64| pb::ScheduleLessonRequest {
+        request_id: Uuid::now_v7().to_string(),
+        tutor_id: tutor.clone(),
+        student_id: Uuid::now_v7().to_string(),
+        start_time: Some(Timestamp {
+            seconds: (now + TimeDelta::days(days)).timestamp(),
+            nanos: 0,
+        }),
+        duration: minutes(60),
+        time_zone: "Asia/Tokyo".into(),
+        subject: "Japanese".into(),
+        ..Default::default()
+    };
+    let before = lessons
+        .schedule_lesson(lesson_at(1))
+        .await
+        .expect("scheduled")
+        .into_inner()
+        .lesson
+        .expect("lesson");
+    // Wait until the read model has it, so the snapshot must contain it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while lessons
+        .get_lesson(pb::GetLessonRequest {
+            lesson_id: before.lesson_id.clone(),
+        })
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "read model lagging");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut watch = lessons
+        .watch_schedule(pb::WatchScheduleRequest {
+            scope: Some(pb::ScheduleScope {
+                scope: Some(pb::schedule_scope::Scope::TutorId(tutor.clone())),
+            }),
+            time_range: Some(repit_proto::repit::common::v1::TimeRange {
+                start: Some(Timestamp {
+                    seconds: now.timestamp(),
+                    nanos: 0,
+                }),
+                end: Some(Timestamp {
+                    seconds: (now + TimeDelta::days(7)).timestamp(),
+                    nanos: 0,
+                }),
+            }),
+            time_zone: "Asia/Tokyo".into(),
+            include_cancelled: false,
+        })
+        .await
+        .expect("watch opened")
+        .into_inner();
+    let Some(Update::Snapshot(snapshot)) =
+        next(&mut watch).await.expect("ok").and_then(|m| m.update)
+    else {
+        panic!("the snapshot comes first")
+    };
+    assert_eq!(snapshot.time_zone, "Asia/Tokyo");
+    assert_eq!(snapshot.entries.len(), 1);
+
+    let added = lessons
+        .schedule_lesson(lesson_at(2))
+        .await
+        .expect("scheduled")
+        .into_inner()
+        .lesson
+        .expect("lesson");
+    let Some(Update::Upserted(entry)) = next(&mut watch).await.expect("ok").and_then(|m| m.update)
+    else {
+        panic!("the new lesson is sent")
+    };
+    assert_eq!(entry.lesson.expect("lesson").lesson_id, added.lesson_id);
+
+    lessons
+        .cancel_lesson(pb::CancelLessonRequest {
+            lesson_id: before.lesson_id.clone(),
+            reason: "moved away".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("cancelled");
+    let Some(Update::RemovedLessonId(removed)) =
+        next(&mut watch).await.expect("ok").and_then(|m| m.update)
+    else {
+        panic!("the cancelled lesson leaves the view")
+    };
+    assert_eq!(removed, before.lesson_id);
+
+    // Shutdown ends the stream with UNAVAILABLE, so the client knows to reconnect.
+    let stopping = tokio::spawn(server.terminate());
+    let ended = next(&mut watch).await.expect_err("the stream ends");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    let (exit, _) = stopping.await.expect("terminated");
+    assert!(exit.success());
+}
+
+async fn next(
+    watch: &mut tonic::Streaming<pb::WatchScheduleResponse>,
+) -> Result<Option<pb::WatchScheduleResponse>, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("a message in time")
+}

@@ -45,8 +45,12 @@ const TABLES: &[TableDef] = &[
                 revision BIGINT NOT NULL,
                 created_at_us BIGINT NOT NULL,
                 updated_at_us BIGINT NOT NULL,
+                position_commit BIGINT NOT NULL,
+                position_prepare BIGINT NOT NULL,
                 resource {blob} NOT NULL
             )",
+            "CREATE INDEX {table}_tutor_position ON {table} (tutor_id, position_commit, position_prepare)",
+            "CREATE INDEX {table}_student_position ON {table} (student_id, position_commit, position_prepare)",
             "CREATE INDEX {table}_tutor_start ON {table} (tutor_id, start_at_us, lesson_id)",
             "CREATE INDEX {table}_student_start ON {table} (student_id, start_at_us, lesson_id)",
             "CREATE INDEX {table}_series_start ON {table} (series_id, start_at_us, lesson_id)",
@@ -151,9 +155,9 @@ impl LessonsProjection {
                 duration_minutes, time_zone, subject, state, price_minor_units, price_currency,
                 planned_topic, original_start_at_us, cancelled_by, cancellation_kind, fee_applies,
                 counted_as_missed, outcome_topic, mastery, revision, created_at_us, updated_at_us,
-                resource)
+                resource, position_commit, position_prepare)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                $18, $19, $20, $21, $22, $23, $24)
+                $18, $19, $20, $21, $22, $23, $24, $25, $26)
              ON CONFLICT (lesson_id) DO UPDATE SET
                 start_at_us = excluded.start_at_us, end_at_us = excluded.end_at_us,
                 duration_minutes = excluded.duration_minutes, time_zone = excluded.time_zone,
@@ -165,7 +169,8 @@ impl LessonsProjection {
                 fee_applies = excluded.fee_applies, counted_as_missed = excluded.counted_as_missed,
                 outcome_topic = excluded.outcome_topic, mastery = excluded.mastery,
                 revision = excluded.revision, updated_at_us = excluded.updated_at_us,
-                resource = excluded.resource"
+                resource = excluded.resource, position_commit = excluded.position_commit,
+                position_prepare = excluded.position_prepare"
         ))
         .bind(&lesson.lesson_id)
         .bind(&lesson.tutor_id)
@@ -191,6 +196,8 @@ impl LessonsProjection {
         .bind(micros(lesson.created_at.as_ref()))
         .bind(micros(lesson.updated_at.as_ref()))
         .bind(lesson.encode_to_vec())
+        .bind(to_i64(event.position.commit())?)
+        .bind(to_i64(event.position.prepare())?)
         .execute(tx.conn())
         .await?;
         Ok(())
@@ -277,6 +284,12 @@ impl LessonsProjection {
 impl Projection for LessonsProjection {
     fn name(&self) -> &'static str {
         "lesson.lessons"
+    }
+
+    /// 2: `lessons.position_commit` / `position_prepare` (the `$all` position of the row's last
+    /// event, which schedule watches follow).
+    fn schema_version(&self) -> i64 {
+        2
     }
 
     fn event_types(&self) -> Vec<String> {

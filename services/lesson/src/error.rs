@@ -132,6 +132,10 @@ fn info(reason: &str, metadata: Vec<(&str, String)>) -> ErrorDetails {
     )
 }
 
+fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// The tenancy rule on disclosure: the conflicting lesson's id is shown only to its own tutor.
 fn conflict_status(conflict: &Conflict, requesting_tutor: &str) -> Status {
     let party = match conflict.party {
@@ -142,8 +146,8 @@ fn conflict_status(conflict: &Conflict, requesting_tutor: &str) -> Status {
     let mut metadata = vec![
         ("rule", "no_double_booking".to_owned()),
         ("conflict_party", party.to_owned()),
-        ("conflict_start", conflict.start.to_rfc3339()),
-        ("conflict_end", conflict.end.to_rfc3339()),
+        ("conflict_start", rfc3339(conflict.start)),
+        ("conflict_end", rfc3339(conflict.end)),
     ];
     let subject = if own {
         metadata.push(("conflicting_lesson_id", conflict.lesson_id.clone()));
@@ -157,16 +161,16 @@ fn conflict_status(conflict: &Conflict, requesting_tutor: &str) -> Status {
         subject,
         format!(
             "the {party} already has a lesson from {} to {}",
-            conflict.start.to_rfc3339(),
-            conflict.end.to_rfc3339()
+            rfc3339(conflict.start),
+            rfc3339(conflict.end)
         ),
     );
     Status::with_error_details(
         Code::FailedPrecondition,
         format!(
             "double booking: the {party} is busy from {} to {}",
-            conflict.start.to_rfc3339(),
-            conflict.end.to_rfc3339()
+            rfc3339(conflict.start),
+            rfc3339(conflict.end)
         ),
         details,
     )

@@ -116,7 +116,12 @@ pub enum ScheduleCommand {
 /// Why a schedule refused a command.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("the {} is already busy from {} to {}", party_name(.0.party), .0.start.to_rfc3339(), .0.end.to_rfc3339())]
+    #[error(
+        "the {} is already busy from {} to {}",
+        party_name(.0.party),
+        .0.start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        .0.end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    )]
     Conflict(Box<Conflict>),
 }
 

@@ -89,6 +89,11 @@ fn to_i64(value: u64) -> Result<i64, ApplyError> {
     i64::try_from(value).map_err(|_| ApplyError::Poison(format!("{value} exceeds i64")))
 }
 
+/// A protobuf enum value as analysts read it: `CANCELLATION_KIND_LATE` → `late`.
+fn enum_column(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_lowercase()
+}
+
 /// The lowercase name of a state, as the `state` column stores it.
 pub fn state_column(state: pb::LessonState) -> &'static str {
     match state {
@@ -186,12 +191,12 @@ impl LessonsProjection {
         .bind(lesson.price_override.as_ref().map(|p| p.currency.clone()))
         .bind(&lesson.planned_topic)
         .bind(micros(lesson.original_start_time.as_ref()))
-        .bind(cancellation.map(|c| c.cancelled_by().as_str_name().to_lowercase()))
-        .bind(cancellation.map(|c| c.kind().as_str_name().to_lowercase()))
+        .bind(cancellation.map(|c| enum_column(c.cancelled_by().as_str_name(), "CANCELLING_PARTY_")))
+        .bind(cancellation.map(|c| enum_column(c.kind().as_str_name(), "CANCELLATION_KIND_")))
         .bind(i64::from(cancellation.is_some_and(|c| c.fee_applies)))
         .bind(i64::from(cancellation.is_some_and(|c| c.counted_as_missed)))
         .bind(outcome.map(|o| o.topic.clone()))
-        .bind(outcome.map(|o| o.mastery().as_str_name().to_lowercase()))
+        .bind(outcome.map(|o| enum_column(o.mastery().as_str_name(), "MASTERY_")))
         .bind(to_i64(event.revision)?)
         .bind(micros(lesson.created_at.as_ref()))
         .bind(micros(lesson.updated_at.as_ref()))
@@ -261,14 +266,7 @@ impl LessonsProjection {
         .bind(&series.tutor_id)
         .bind(&series.student_id)
         .bind(&series.subject)
-        .bind(
-            series
-                .state()
-                .as_str_name()
-                .to_lowercase()
-                .trim_start_matches("series_state_")
-                .to_owned(),
-        )
+        .bind(enum_column(series.state().as_str_name(), "SERIES_STATE_"))
         .bind(i64::from(series.occurrence_count))
         .bind(to_i64(event.revision)?)
         .bind(micros(series.created_at.as_ref()))

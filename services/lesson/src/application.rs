@@ -20,8 +20,9 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use futures::{StreamExt, TryStreamExt};
 use repit_event_store::aggregate::ExecuteOptions;
 use repit_event_store::{EventId, EventStore, Repository};
+use repit_platform::RequestContext;
 use repit_projections::ReadModelDb;
-use repit_proto::repit::common::v1::{Date, Money};
+use repit_proto::repit::common::v1::{Date, EventMetadata, Money};
 use repit_proto::repit::lesson::v1 as pb;
 use uuid::Uuid;
 
@@ -226,11 +227,19 @@ impl LessonApplication {
             now,
         };
         self.schedules
-            .execute(&tutor_stream, &reserve(Party::Tutor, tutor_id))
+            .execute_with(
+                &tutor_stream,
+                &reserve(Party::Tutor, tutor_id),
+                &event_options(None),
+            )
             .await?;
         if let Err(error) = self
             .schedules
-            .execute(&student_stream, &reserve(Party::Student, student_id))
+            .execute_with(
+                &student_stream,
+                &reserve(Party::Student, student_id),
+                &event_options(None),
+            )
             .await
         {
             // Compensate: no lesson came of the tutor's reservation.
@@ -242,7 +251,11 @@ impl LessonApplication {
                 actor: String::new(),
                 now,
             };
-            if let Err(undo) = self.schedules.execute(&tutor_stream, &release).await {
+            if let Err(undo) = self
+                .schedules
+                .execute_with(&tutor_stream, &release, &event_options(None))
+                .await
+            {
                 tracing::error!(%tutor_id, error = %undo, "failed to give back an abandoned reservation");
             }
             return Err(error.into());
@@ -274,7 +287,7 @@ impl LessonApplication {
         ] {
             let options = ExecuteOptions {
                 id_source: Some(EventId::derived(release_ids_source(lesson_id), owner)),
-                ..ExecuteOptions::default()
+                ..event_options(None)
             };
             let command = ScheduleCommand::Release {
                 party,
@@ -337,7 +350,10 @@ impl LessonApplication {
             actor: String::new(),
             now,
         }));
-        let executed = self.lessons.execute(&stream, &command).await?;
+        let executed = self
+            .lessons
+            .execute_with(&stream, &command, &event_options(None))
+            .await?;
         lesson_with_revision(&executed.state, executed.revision)
     }
 
@@ -348,10 +364,7 @@ impl LessonApplication {
         expected_revision: Option<u64>,
     ) -> Result<(LessonAggregate, Option<u64>), AppError> {
         let stream = streams::lesson(lesson_id)?;
-        let options = ExecuteOptions {
-            expected_revision,
-            ..ExecuteOptions::default()
-        };
+        let options = event_options(expected_revision);
         let executed = self
             .lessons
             .execute_with(&stream, &command, &options)
@@ -492,9 +505,10 @@ impl LessonApplication {
         };
         if let Err(error) = self
             .series
-            .execute(
+            .execute_with(
                 &stream,
                 &SeriesCommand::RecordOccurrenceEdit(Box::new(edit)),
+                &event_options(None),
             )
             .await
         {
@@ -757,7 +771,7 @@ impl LessonApplication {
                     }));
                     let executed = self
                         .lessons
-                        .execute(&streams::lesson(lesson_id)?, &command)
+                        .execute_with(&streams::lesson(lesson_id)?, &command, &event_options(None))
                         .await?;
                     lesson_with_revision(&executed.state, executed.revision)
                 }
@@ -788,7 +802,11 @@ impl LessonApplication {
         };
         let executed = self
             .series
-            .execute(&series_stream, &SeriesCommand::Create(Box::new(created)))
+            .execute_with(
+                &series_stream,
+                &SeriesCommand::Create(Box::new(created)),
+                &event_options(None),
+            )
             .await?;
         let mut answer = self
             .series_answer(series_id, executed.state, executed.revision, skipped)
@@ -1184,9 +1202,10 @@ impl LessonApplication {
         };
         let executed = self
             .series
-            .execute(
+            .execute_with(
                 &stream,
                 &SeriesCommand::RecordEditFromOccurrence(Box::new(edit)),
+                &event_options(None),
             )
             .await?;
         let mut series = executed.state.series.unwrap_or(series);
@@ -1266,7 +1285,7 @@ impl LessonApplication {
         let from = from_date.unwrap_or_else(|| to_local(zone, now).date());
         let executed = self
             .series
-            .execute(
+            .execute_with(
                 &stream,
                 &SeriesCommand::End {
                     from_date: date_pb(from),
@@ -1275,11 +1294,30 @@ impl LessonApplication {
                     actor: String::new(),
                     now,
                 },
+                &event_options(None),
             )
             .await?;
         let mut series = executed.state.series.unwrap_or(series);
         series.revision = executed.revision.unwrap_or(0);
         Ok((series, cancelled))
+    }
+}
+
+/// Options for an append: the ambient request's correlation id, causation id, actor and trace
+/// context as the events' metadata (`repit.common.v1.EventMetadata`), and the client's expected
+/// revision if it gave one.
+fn event_options(expected_revision: Option<u64>) -> ExecuteOptions {
+    let context = RequestContext::current().unwrap_or_default();
+    let metadata = EventMetadata {
+        correlation_id: context.correlation_id,
+        causation_id: context.causation_id,
+        actor_user_id: context.actor_user_id,
+        traceparent: context.traceparent,
+    };
+    ExecuteOptions {
+        metadata: prost::Message::encode_to_vec(&metadata).into(),
+        expected_revision,
+        ..ExecuteOptions::default()
     }
 }
 

@@ -39,9 +39,16 @@ impl LessonGrpc {
         }
     }
 
-    /// The tonic server to mount.
-    pub fn into_server(self) -> pb::lesson_service_server::LessonServiceServer<Self> {
-        pb::lesson_service_server::LessonServiceServer::new(self)
+    /// The tonic server to mount, with the request context (correlation id, traceparent) made
+    /// ambient for every handler so the events it appends carry it.
+    pub fn into_server(
+        self,
+    ) -> repit_platform::request_context::RequestContextService<
+        pb::lesson_service_server::LessonServiceServer<Self>,
+    > {
+        use tower::Layer;
+        repit_platform::RequestContextLayer
+            .layer(pb::lesson_service_server::LessonServiceServer::new(self))
     }
 }
 

@@ -4,11 +4,15 @@
 //! - [`telemetry`]: structured logs (text for people, JSON for machines).
 //! - [`shutdown`]: the one signal (SIGINT/SIGTERM) that reaches every server and background task.
 //! - [`status`]: the mapping of our errors to `tonic::Status` with AIP-193 error details.
+//! - [`request_context`]: the correlation id, traceparent and actor of the current request,
+//!   made ambient by a tower layer so every event appended carries them.
 
 pub mod config;
+pub mod request_context;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError, FeedKind, LogFormat};
+pub use request_context::{RequestContext, RequestContextLayer};
 pub use shutdown::Shutdown;

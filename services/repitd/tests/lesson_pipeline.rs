@@ -429,7 +429,49 @@ async fn the_scenario_runs_distributed_on_postgres_and_jetstream() {
     let Some(mesh) = Distributed::start().await else {
         return;
     };
-    scenario(&mut client(&mesh.lesson).await).await;
+    let mut lessons = client(&mesh.lesson).await;
+    scenario(&mut lessons).await;
+
+    // Every event carries the request's correlation id and trace context (DESIGN.md).
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut request = tonic::Request::new(pb::ScheduleLessonRequest {
+        tutor_id: Uuid::now_v7().to_string(),
+        student_id: Uuid::now_v7().to_string(),
+        start_time: ts(Utc::now() + TimeDelta::days(9)),
+        duration: hour(),
+        time_zone: "Europe/Berlin".into(),
+        subject: "Biology".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-e2e-1".parse().expect("ascii"));
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().expect("ascii"));
+    let lesson = lessons
+        .schedule_lesson(request)
+        .await
+        .expect("scheduled")
+        .into_inner()
+        .lesson
+        .expect("lesson");
+    let mut conn = sqlx::PgConnection::connect(&mesh.database)
+        .await
+        .expect("connect");
+    let (metadata,): (Vec<u8>,) = sqlx::query_as(
+        "SELECT metadata FROM event_store.events WHERE stream = $1 AND revision = 0",
+    )
+    .bind(format!("lesson-{}", lesson.lesson_id))
+    .fetch_one(&mut conn)
+    .await
+    .expect("the lesson's first event");
+    let metadata = <repit_proto::repit::common::v1::EventMetadata as prost::Message>::decode(
+        metadata.as_slice(),
+    )
+    .expect("event metadata");
+    assert_eq!(metadata.correlation_id, "req-e2e-1");
+    assert_eq!(metadata.traceparent, traceparent);
     mesh.stop().await;
 }
 

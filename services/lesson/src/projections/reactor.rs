@@ -1,8 +1,11 @@
 //! Gives back the schedule slots of cancelled lessons.
 
 use async_trait::async_trait;
+use prost::Message;
 use repit_event_store::{EventCodec, RecordedEvent};
+use repit_platform::RequestContext;
 use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef};
+use repit_proto::repit::common::v1::EventMetadata;
 
 use crate::application::LessonApplication;
 use crate::domain::LessonEvent;
@@ -47,16 +50,21 @@ impl Projection for SlotReleaseReactor {
             return Ok(());
         };
         let at = from_timestamp(cancelled.occurred_at.as_ref());
-        match self
-            .application
-            .release_cancelled(
-                &cancelled.lesson_id,
-                &cancelled.tutor_id,
-                &cancelled.student_id,
-                at,
-            )
-            .await
-        {
+        // The release is caused by the cancellation and belongs to the same request.
+        let source = EventMetadata::decode(event.metadata.clone()).unwrap_or_default();
+        let context = RequestContext {
+            correlation_id: source.correlation_id,
+            causation_id: event.id.to_string(),
+            actor_user_id: String::new(),
+            traceparent: source.traceparent,
+        };
+        let release = self.application.release_cancelled(
+            &cancelled.lesson_id,
+            &cancelled.tutor_id,
+            &cancelled.student_id,
+            at,
+        );
+        match context.scope(release).await {
             Ok(()) => Ok(()),
             Err(AppError::Unavailable(e) | AppError::Aborted(e)) => Err(ApplyError::Transient(e)),
             Err(other) => Err(ApplyError::Poison(other.to_string())),

@@ -621,3 +621,95 @@ async fn of_clients_racing_for_one_slot_exactly_one_books_it() {
     let (exit, _) = server.terminate().await;
     assert!(exit.success());
 }
+
+/// Runs `repitd projections …` against `env` and returns its stdout (failing on a bad exit).
+async fn projections_cli(args: &[&str], env: &[(String, String)]) -> String {
+    let output = tokio::process::Command::new(repitd())
+        .arg("projections")
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("REPIT_LOG__LEVEL", "warn")
+        .output()
+        .await
+        .expect("run repitd projections");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "repitd projections {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn an_operator_rebuilds_a_read_model_while_the_service_keeps_answering() {
+    let Some(mesh) = Distributed::start().await else {
+        return;
+    };
+    let mut lessons = client(&mesh.lesson).await;
+    let tutor = Uuid::now_v7().to_string();
+    let start = Utc::now() + TimeDelta::days(40);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let lesson = lessons
+            .schedule_lesson(pb::ScheduleLessonRequest {
+                tutor_id: tutor.clone(),
+                student_id: Uuid::now_v7().to_string(),
+                start_time: ts(start + TimeDelta::hours(i)),
+                duration: hour(),
+                time_zone: "Europe/Moscow".into(),
+                subject: "Geography".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("scheduled")
+            .into_inner()
+            .lesson
+            .expect("lesson");
+        ids.push((lesson.lesson_id, 0_i64));
+    }
+    ids.sort();
+    eventually("the read model to have every lesson", || {
+        let (database, tutor, ids) = (mesh.database.clone(), tutor.clone(), ids.clone());
+        async move { (lesson_rows(&database, &tutor).await == ids).then_some(()) }
+    })
+    .await;
+
+    let report = projections_cli(&["rebuild", "lesson.lessons"], &mesh.env).await;
+    assert!(report.contains("generation 2 live"), "{report}");
+    let status = projections_cli(&["status"], &mesh.env).await;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("lesson.lessons"))
+        .unwrap_or_else(|| panic!("no status line: {status}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("2"), "{status}");
+
+    // The same rows under the same view, and the live projection follows the new generation.
+    assert_eq!(lesson_rows(&mesh.database, &tutor).await, ids);
+    let late = lessons
+        .schedule_lesson(pb::ScheduleLessonRequest {
+            tutor_id: tutor.clone(),
+            student_id: Uuid::now_v7().to_string(),
+            start_time: ts(start + TimeDelta::hours(30)),
+            duration: hour(),
+            time_zone: "Europe/Moscow".into(),
+            subject: "Geography".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("scheduled after the rebuild")
+        .into_inner()
+        .lesson
+        .expect("lesson");
+    let mut expected = ids.clone();
+    expected.push((late.lesson_id, 0));
+    expected.sort();
+    eventually("the live projection to continue on generation 2", || {
+        let (database, tutor, expected) = (mesh.database.clone(), tutor.clone(), expected.clone());
+        async move { (lesson_rows(&database, &tutor).await == expected).then_some(()) }
+    })
+    .await;
+    let parked = projections_cli(&["parked", "lesson.lessons"], &mesh.env).await;
+    assert!(parked.contains("nothing parked"), "{parked}");
+    mesh.stop().await;
+}

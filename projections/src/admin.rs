@@ -152,7 +152,7 @@ pub async fn retry_parked(
             continue;
         }
         let mut tx = ProjectionTx {
-            tx: db.pool().begin().await?,
+            tx: db.begin_write().await?,
             tables: tables.clone(),
             dialect: db.dialect(),
         };

@@ -36,7 +36,7 @@ pub(crate) async fn ensure_active(
     projection: &dyn Projection,
 ) -> Result<Active, sqlx::Error> {
     let name = projection.name();
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     if db.dialect() == Dialect::Postgres {
         // Two processes starting the same projection at once must not both create tables.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -215,18 +215,28 @@ pub(crate) struct Progress {
     pub(crate) last_event_at: Option<DateTime<Utc>>,
 }
 
-/// Moves the checkpoint forward. Returns false (and changes nothing) when the stored checkpoint
-/// is already at or past `progress.position`: another runner applied these events, so the
-/// caller rolls back instead of applying them twice.
+/// Moves the checkpoint from `from` (where the caller's batch started) forward. Returns false
+/// (and changes nothing) when the stored checkpoint is no longer `from`, or is already at or past
+/// `progress.position`: another runner applied some of these events, so the caller rolls back
+/// instead of applying them twice.
 pub(crate) async fn advance(
     conn: &mut AnyConnection,
     name: &str,
     generation: i64,
+    from: Option<Position>,
     progress: Progress,
 ) -> Result<bool, sqlx::Error> {
     let now = Utc::now();
     let commit = to_i64(progress.position.commit(), "commit position")?;
     let prepare = to_i64(progress.position.prepare(), "prepare position")?;
+    // -1 stands for "no checkpoint yet" (positions are never negative).
+    let (from_commit, from_prepare) = match from {
+        Some(from) => (
+            to_i64(from.commit(), "commit position")?,
+            to_i64(from.prepare(), "prepare position")?,
+        ),
+        None => (-1, -1),
+    };
     let lag = progress.last_event_at.map(|at| micros(now) - micros(at));
     let updated = sqlx::query(
         "UPDATE projection_checkpoints SET
@@ -235,6 +245,7 @@ pub(crate) async fn advance(
             last_event_at_us = COALESCE($7, last_event_at_us), lag_us = COALESCE($8, lag_us),
             updated_at_us = $9
          WHERE name = $1 AND generation = $2
+           AND COALESCE(commit_position, -1) = $10 AND COALESCE(prepare_position, -1) = $11
            AND (commit_position IS NULL OR commit_position < $3
                 OR (commit_position = $3 AND prepare_position < $4))",
     )
@@ -247,6 +258,8 @@ pub(crate) async fn advance(
     .bind(progress.last_event_at.map(micros))
     .bind(lag)
     .bind(micros(now))
+    .bind(from_commit)
+    .bind(from_prepare)
     .execute(&mut *conn)
     .await?;
     Ok(updated.rows_affected() == 1)

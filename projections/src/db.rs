@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::{Any, AnyPool, Executor, Transaction};
 
 /// Which SQL engine a [`ReadModelDb`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,8 +104,20 @@ impl ReadModelDb {
         self.dialect
     }
 
+    /// Begins a transaction that writes. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`, waiting out the busy timeout): a deferred transaction whose first statement
+    /// reads cannot become a writer once another connection has committed meanwhile, and fails
+    /// with "database is locked" however long the timeout — which a projection's
+    /// read-then-write `apply` would otherwise hit whenever two writers overlap.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
     async fn migrate(&self) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(MIGRATION_LOCK)

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use repit_event_store::RecordedEvent;
+use sqlx::error::DatabaseError;
+use sqlx::sqlite::SqliteError;
 use sqlx::{Any, AnyConnection, Transaction};
 
 use crate::db::Dialect;
@@ -53,9 +55,30 @@ pub enum ApplyError {
     Transient(String),
 }
 
+/// Whether the database refused a statement only for now: a lock it could not get in time, a
+/// serialization failure or deadlock, a connection or server going away.
+fn is_transient(error: &dyn DatabaseError) -> bool {
+    let Some(code) = error.code() else {
+        return false;
+    };
+    if error.try_downcast_ref::<SqliteError>().is_some() {
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+        return code
+            .parse::<i32>()
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6));
+    }
+    // PostgreSQL SQLSTATE classes: connection exception (08), transaction rollback (40:
+    // serialization failure, deadlock), insufficient resources (53), operator intervention (57:
+    // cancelled, shutting down), system error (58); and lock not available (55P03).
+    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")) || code == "55P03"
+}
+
 impl From<sqlx::Error> for ApplyError {
     fn from(error: sqlx::Error) -> Self {
         match error {
+            sqlx::Error::Database(ref database) if is_transient(database.as_ref()) => {
+                Self::Transient(error.to_string())
+            }
             // The statement reached the database and was refused: trying again will not help.
             sqlx::Error::Database(_)
             | sqlx::Error::ColumnDecode { .. }

@@ -78,13 +78,22 @@ enum Committed {
     Stale,
 }
 
-/// Which checks a batch makes before writing.
+/// Where [`Runtime::follow`] stopped.
+struct Followed {
+    /// The checkpoint reached.
+    checkpoint: Option<Position>,
+    /// It stopped because no batch came within the idle time it was given.
+    quiet: bool,
+}
+
+/// Which checks a batch makes before writing, and when [`Runtime::follow`] stops.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// The live generation: hold the live row so a swap cannot interleave.
     Live,
-    /// A rebuild writing a generation that is not live yet.
-    Rebuild,
+    /// A rebuild writing a generation that is not live yet: stop at the live end of the feed,
+    /// or once `idle` passes without a batch.
+    Rebuild { idle: Option<Duration> },
 }
 
 impl Runtime {
@@ -231,7 +240,8 @@ impl Runtime {
     }
 
     /// Applies batches from `feed` to `generation` until shutdown, a stale write (reload), or —
-    /// in rebuild mode — the live end of the feed. Returns the checkpoint reached.
+    /// in rebuild mode — the live end of the feed or its idle time without a batch. Returns the
+    /// checkpoint reached.
     async fn follow(
         &self,
         projection: &Arc<dyn Projection>,
@@ -240,10 +250,19 @@ impl Runtime {
         mut checkpoint: Option<Position>,
         mode: Mode,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Position>, RuntimeError> {
+    ) -> Result<Followed, RuntimeError> {
         loop {
+            // The batch cut short when this fires is not lost: the rebuild swaps (or fails) and
+            // never reads this feed again.
+            let quiet = async {
+                match mode {
+                    Mode::Rebuild { idle: Some(idle) } => tokio::time::sleep(idle).await,
+                    _ => std::future::pending().await,
+                }
+            };
             let batch = tokio::select! {
                 () = shutdown.cancelled() => return Err(RuntimeError::Interrupted),
+                () = quiet => return Ok(Followed { checkpoint, quiet: true }),
                 batch = feed.next_batch(self.options.batch_size) => batch?,
             };
             let Batch {
@@ -260,30 +279,46 @@ impl Runtime {
             let position = position.filter(|p| checkpoint.is_none_or(|c| *p > c));
             if let Some(position) = position {
                 match self
-                    .commit(projection.as_ref(), generation, &fresh, position, mode)
+                    .commit(
+                        projection.as_ref(),
+                        generation,
+                        checkpoint,
+                        &fresh,
+                        position,
+                        mode,
+                    )
                     .await?
                 {
                     Committed::Advanced(at) => checkpoint = Some(at),
-                    Committed::Stale => return Ok(checkpoint),
+                    Committed::Stale => {
+                        return Ok(Followed {
+                            checkpoint,
+                            quiet: false,
+                        });
+                    }
                 }
             }
             if let Err(error) = batch.ack().await {
                 // Only means redelivery, which the checkpoint absorbs.
                 tracing::debug!(projection = projection.name(), %error, "ack failed");
             }
-            if mode == Mode::Rebuild && caught_up {
-                return Ok(checkpoint);
+            if matches!(mode, Mode::Rebuild { .. }) && caught_up {
+                return Ok(Followed {
+                    checkpoint,
+                    quiet: false,
+                });
             }
         }
     }
 
-    /// Applies `events` and moves the checkpoint to `position` in one transaction. A poison
-    /// event is parked in the same transaction as the events before it, and the rest of the
-    /// batch goes on in the next one.
+    /// Applies `events` and moves the checkpoint from `from` to `position` in one transaction.
+    /// A poison event is parked in the same transaction as the events before it, and the rest of
+    /// the batch goes on in the next one.
     async fn commit(
         &self,
         projection: &dyn Projection,
         generation: i64,
+        mut from: Option<Position>,
         events: &[&RecordedEvent],
         position: Position,
         mode: Mode,
@@ -297,7 +332,7 @@ impl Runtime {
         let mut remaining = events;
         loop {
             let mut tx = ProjectionTx {
-                tx: self.db.pool().begin().await?,
+                tx: self.db.begin_write().await?,
                 tables: tables.clone(),
                 dialect: self.db.dialect(),
             };
@@ -328,7 +363,7 @@ impl Runtime {
                     // the transaction unusable (PostgreSQL aborts it).
                     tx.tx.rollback().await?;
                     tx = ProjectionTx {
-                        tx: self.db.pool().begin().await?,
+                        tx: self.db.begin_write().await?,
                         tables: tables.clone(),
                         dialect: self.db.dialect(),
                     };
@@ -362,11 +397,12 @@ impl Runtime {
                 parked: u64::from(parked.is_some()),
                 last_event_at,
             };
-            if !checkpoint::advance(tx.conn(), name, generation, progress).await? {
+            if !checkpoint::advance(tx.conn(), name, generation, from, progress).await? {
                 tx.tx.rollback().await?;
                 return Ok(Committed::Stale);
             }
             tx.tx.commit().await?;
+            from = Some(upto);
             match poison {
                 None => return Ok(Committed::Advanced(position)),
                 Some((index, _)) => {
@@ -414,7 +450,7 @@ impl Runtime {
         let live = checkpoint::ensure_active(&self.db, projection.as_ref()).await?;
         let generation = live.generation + 1;
         {
-            let mut tx = self.db.pool().begin().await?;
+            let mut tx = self.db.begin_write().await?;
             checkpoint::create_generation(
                 &mut tx,
                 self.db.dialect(),
@@ -433,20 +469,26 @@ impl Runtime {
         };
         let mut feed = self.source.open(&spec).await?;
         let mut checkpoint = None;
+        let mut idle = None;
         loop {
             // Catch up with the feed's live end, then try to swap; if the live generation got
-            // further meanwhile, keep reading and try again.
-            checkpoint = self
+            // further meanwhile, keep reading and try again — until the feed stays quiet for a
+            // pause: then the live generation is ahead only by positions this feed reports no
+            // events or checkpoint for (a filtered feed's checkpoints fall where its reader
+            // happened to scan), and the new generation's runner resumes from its own
+            // checkpoint, so swapping loses nothing.
+            let followed = self
                 .follow(
                     projection,
                     feed.as_mut(),
                     generation,
                     checkpoint,
-                    Mode::Rebuild,
+                    Mode::Rebuild { idle },
                     shutdown,
                 )
                 .await?;
-            let mut tx = self.db.pool().begin().await?;
+            checkpoint = followed.checkpoint;
+            let mut tx = self.db.begin_write().await?;
             let swapped = sqlx::query(
                 "UPDATE projection_active SET generation = $3, schema_version = $4, swapped_at_us = $5
                  WHERE name = $1 AND generation = $2",
@@ -466,8 +508,10 @@ impl Runtime {
             }
             let live_checkpoint =
                 checkpoint::load_checkpoint(&mut tx, name, live.generation).await?;
-            if live_checkpoint.is_some_and(|l| checkpoint.is_none_or(|c| c < l)) {
+            if !followed.quiet && live_checkpoint.is_some_and(|l| checkpoint.is_none_or(|c| c < l))
+            {
                 tx.rollback().await?;
+                idle = Some(self.options.retry_pause);
                 continue;
             }
             checkpoint::publish_views(&mut tx, projection.tables(), generation).await?;

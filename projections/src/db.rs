@@ -87,7 +87,22 @@ impl ReadModelDb {
                     .connect(url)
                     .await?
             }
-            Dialect::Postgres => options.max_connections(16).connect(url).await?,
+            Dialect::Postgres => {
+                options
+                    .max_connections(16)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // A read model's rows and its checkpoint commit in one transaction, so
+                            // a crash that loses the last commits loses both together and the
+                            // feed delivers those events again: waiting for each WAL flush buys
+                            // nothing here. (The event store keeps synchronous commits.)
+                            conn.execute("SET synchronous_commit = off").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
         };
         let db = Self { pool, dialect };
         db.migrate().await?;

@@ -14,6 +14,10 @@ use crate::db::ReadModelDb;
 use crate::feed::{Batch, Feed, FeedError, FeedSource, FeedSpec};
 use crate::projection::{ApplyError, Projection, ProjectionTx};
 
+/// How often, at most, the checkpoint of a projection is written while only events it does not
+/// want go by (each write is a commit; the reactor wants one event type in many).
+const IDLE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Why the runtime (or one of its commands) stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -251,6 +255,11 @@ impl Runtime {
         mode: Mode,
         shutdown: &CancellationToken,
     ) -> Result<Followed, RuntimeError> {
+        // `checkpoint` is what is stored (the commit guard compares against it); `seen` may be
+        // ahead of it by batches that held nothing this projection wants, whose checkpoint is
+        // written lazily: replaying them after a restart applies nothing.
+        let mut seen = checkpoint;
+        let mut last_commit = Instant::now();
         loop {
             // The batch cut short when this fires is not lost: the rebuild swaps (or fails) and
             // never reads this feed again.
@@ -260,9 +269,36 @@ impl Runtime {
                     _ => std::future::pending().await,
                 }
             };
+            // A lazily kept checkpoint is written once the interval has passed, even if no other
+            // batch comes, so status and rebuilds see how far the projection really is.
+            let deferred = seen.filter(|_| seen != checkpoint);
+            let flush = async {
+                match deferred {
+                    Some(_) => {
+                        tokio::time::sleep_until((last_commit + IDLE_CHECKPOINT_INTERVAL).into())
+                            .await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let batch = tokio::select! {
                 () = shutdown.cancelled() => return Err(RuntimeError::Interrupted),
                 () = quiet => return Ok(Followed { checkpoint, quiet: true }),
+                () = flush => {
+                    let Some(position) = deferred else { continue };
+                    match self
+                        .commit(projection.as_ref(), generation, checkpoint, &[], position, mode)
+                        .await?
+                    {
+                        Committed::Advanced(at) => {
+                            checkpoint = Some(at);
+                            seen = checkpoint;
+                            last_commit = Instant::now();
+                        }
+                        Committed::Stale => return Ok(Followed { checkpoint, quiet: false }),
+                    }
+                    continue;
+                }
                 batch = feed.next_batch(self.options.batch_size) => batch?,
             };
             let Batch {
@@ -274,10 +310,15 @@ impl Runtime {
             // Redelivered or replayed events at or below the checkpoint are already in.
             let fresh: Vec<&RecordedEvent> = events
                 .iter()
-                .filter(|e| checkpoint.is_none_or(|c| e.position > c))
+                .filter(|e| seen.is_none_or(|c| e.position > c))
                 .collect();
-            let position = position.filter(|p| checkpoint.is_none_or(|c| *p > c));
-            if let Some(position) = position {
+            let position = position.filter(|p| seen.is_none_or(|c| *p > c));
+            let lazy = fresh.is_empty()
+                && mode == Mode::Live
+                && last_commit.elapsed() < IDLE_CHECKPOINT_INTERVAL;
+            if let (Some(position), true) = (position, lazy) {
+                seen = Some(position);
+            } else if let Some(position) = position {
                 match self
                     .commit(
                         projection.as_ref(),
@@ -289,7 +330,11 @@ impl Runtime {
                     )
                     .await?
                 {
-                    Committed::Advanced(at) => checkpoint = Some(at),
+                    Committed::Advanced(at) => {
+                        checkpoint = Some(at);
+                        seen = checkpoint;
+                        last_commit = Instant::now();
+                    }
                     Committed::Stale => {
                         return Ok(Followed {
                             checkpoint,

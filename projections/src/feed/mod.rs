@@ -138,6 +138,9 @@ impl Batch {
 pub trait Feed: Send + fmt::Debug {
     /// Waits until at least one event (or a checkpoint) is available, then returns what is
     /// available without further waiting, at most `max` events.
+    ///
+    /// Must be cancel-safe: the runtime drops the future on shutdown and to write a lazy
+    /// checkpoint, so nothing may be taken from the source before the one point it waits at.
     async fn next_batch(&mut self, max: usize) -> Result<Batch, FeedError>;
 }
 

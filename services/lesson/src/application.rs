@@ -218,7 +218,6 @@ impl LessonApplication {
     ) -> Result<(), AppError> {
         let tutor_stream = streams::tutor_schedule(tutor_id)?;
         let student_stream = streams::student_schedule(student_id)?;
-        let lesson_ids: Vec<String> = slots.iter().map(|s| s.lesson_id.clone()).collect();
         let reserve = |party, owner: Uuid| ScheduleCommand::Reserve {
             party,
             owner: owner.to_string(),
@@ -226,41 +225,138 @@ impl LessonApplication {
             actor: String::new(),
             now,
         };
-        self.schedules
-            .execute_with(
-                &tutor_stream,
-                &reserve(Party::Tutor, tutor_id),
-                &event_options(None),
+        let (tutor_command, student_command) = (
+            reserve(Party::Tutor, tutor_id),
+            reserve(Party::Student, student_id),
+        );
+        let options = event_options(None);
+        // Both schedules at once: each is its own consistency boundary, so the order does not
+        // matter for correctness, and one round trip is saved per booking.
+        let (tutor, student) = tokio::join!(
+            self.schedules
+                .execute_with(&tutor_stream, &tutor_command, &options),
+            self.schedules
+                .execute_with(&student_stream, &student_command, &options),
+        );
+        match (tutor, student) {
+            (Ok(_), Ok(_)) => Ok(()),
+            (Err(error), Err(_)) => Err(error.into()),
+            (Ok(done), Err(error)) => {
+                self.undo_reservation(Party::Tutor, tutor_id, &tutor_stream, &done.events, now)
+                    .await;
+                Err(error.into())
+            }
+            (Err(error), Ok(done)) => {
+                self.undo_reservation(
+                    Party::Student,
+                    student_id,
+                    &student_stream,
+                    &done.events,
+                    now,
+                )
+                .await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Compensates a reservation the other party's schedule refused: moved slots go back to
+    /// their old intervals, new ones are released (BOOKING_ABANDONED).
+    async fn undo_reservation(
+        &self,
+        party: Party,
+        owner: Uuid,
+        stream: &repit_event_store::StreamName,
+        events: &[crate::domain::ScheduleEvent],
+        now: DateTime<Utc>,
+    ) {
+        use crate::domain::ScheduleEvent as E;
+        let mut moved_back = Vec::new();
+        let mut released = Vec::new();
+        let bounds = |range: &Option<repit_proto::repit::common::v1::TimeRange>| {
+            let range = range.clone().unwrap_or_default();
+            (
+                crate::domain::time::from_timestamp(range.start.as_ref()),
+                crate::domain::time::from_timestamp(range.end.as_ref()),
             )
-            .await?;
-        if let Err(error) = self
-            .schedules
-            .execute_with(
-                &student_stream,
-                &reserve(Party::Student, student_id),
-                &event_options(None),
-            )
-            .await
-        {
-            // Compensate: no lesson came of the tutor's reservation.
-            let release = ScheduleCommand::Release {
-                party: Party::Tutor,
-                owner: tutor_id.to_string(),
-                lesson_ids,
+        };
+        for event in events {
+            match event {
+                E::TutorReleased(e) => {
+                    moved_back.push((e.lesson_id.clone(), bounds(&e.time_range)))
+                }
+                E::StudentReleased(e) => {
+                    moved_back.push((e.lesson_id.clone(), bounds(&e.time_range)))
+                }
+                E::TutorReserved(e) => released.push((
+                    e.lesson_id.clone(),
+                    e.student_id.clone(),
+                    e.tutor_id.clone(),
+                    e.series_id.clone(),
+                )),
+                E::StudentReserved(e) => released.push((
+                    e.lesson_id.clone(),
+                    e.student_id.clone(),
+                    e.tutor_id.clone(),
+                    e.series_id.clone(),
+                )),
+                E::TutorFeedRotated(_) | E::StudentFeedRotated(_) => {}
+            }
+        }
+        let mut commands = Vec::new();
+        let (fresh, restore): (Vec<_>, Vec<_>) = released
+            .into_iter()
+            .partition(|(id, ..)| !moved_back.iter().any(|(moved, _)| moved == id));
+        if !restore.is_empty() {
+            commands.push(ScheduleCommand::Reserve {
+                party,
+                owner: owner.to_string(),
+                slots: restore
+                    .iter()
+                    .filter_map(|(lesson_id, student_id, tutor_id, series_id)| {
+                        let (_, (start, end)) =
+                            moved_back.iter().find(|(id, _)| id == lesson_id)?;
+                        Some(SlotRequest {
+                            lesson_id: lesson_id.clone(),
+                            tutor_id: if party == Party::Tutor {
+                                owner.to_string()
+                            } else {
+                                tutor_id.clone()
+                            },
+                            student_id: if party == Party::Student {
+                                owner.to_string()
+                            } else {
+                                student_id.clone()
+                            },
+                            series_id: series_id.clone(),
+                            start: *start,
+                            end: *end,
+                        })
+                    })
+                    .collect(),
+                actor: String::new(),
+                now,
+            });
+        }
+        if !fresh.is_empty() {
+            commands.push(ScheduleCommand::Release {
+                party,
+                owner: owner.to_string(),
+                lesson_ids: fresh.into_iter().map(|(id, ..)| id).collect(),
                 reason: pb::SlotReleaseReason::BookingAbandoned,
                 actor: String::new(),
                 now,
-            };
-            if let Err(undo) = self
+            });
+        }
+        for command in commands {
+            if let Err(error) = self
                 .schedules
-                .execute_with(&tutor_stream, &release, &event_options(None))
+                .execute_with(stream, &command, &event_options(None))
                 .await
             {
-                tracing::error!(%tutor_id, error = %undo, "failed to give back an abandoned reservation");
+                tracing::error!(%owner, %error, "failed to undo a reservation the other party refused");
             }
-            return Err(error.into());
         }
-        Ok(())
     }
 
     /// Gives back the slots of a cancelled lesson in both schedules. Idempotent: event ids are
@@ -318,12 +414,15 @@ impl LessonApplication {
         let now = Utc::now();
         let lesson_id = derived_id(new.tutor_id, "lesson", &new.request_id);
         let stream = streams::lesson(lesson_id)?;
-        let existing = self.lessons.load(&stream).await?;
-        if existing.state.lesson.is_some() {
-            if !new.request_id.is_empty() && existing.state.request_id == new.request_id {
-                return lesson_with_revision(&existing.state, existing.revision);
+        // Only a request id can name an existing lesson (a retry); a fresh id cannot.
+        if !new.request_id.is_empty() {
+            let existing = self.lessons.load(&stream).await?;
+            if existing.state.lesson.is_some() {
+                if existing.state.request_id == new.request_id {
+                    return lesson_with_revision(&existing.state, existing.revision);
+                }
+                return Err(AppError::Lesson(LessonError::AlreadyExists));
             }
-            return Err(AppError::Lesson(LessonError::AlreadyExists));
         }
         let slot = SlotRequest {
             lesson_id: lesson_id.to_string(),

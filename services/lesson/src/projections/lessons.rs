@@ -121,12 +121,17 @@ impl LessonsProjection {
             .as_str()
             .trim_start_matches("lesson-")
             .to_owned();
-        let row = sqlx::query(&format!(
-            "SELECT revision, resource FROM {table} WHERE lesson_id = $1"
-        ))
-        .bind(&lesson_id)
-        .fetch_optional(tx.conn())
-        .await?;
+        // A stream's first event creates the row: nothing to look up.
+        let row = if event.revision == 0 {
+            None
+        } else {
+            sqlx::query(&format!(
+                "SELECT revision, resource FROM {table} WHERE lesson_id = $1"
+            ))
+            .bind(&lesson_id)
+            .fetch_optional(tx.conn())
+            .await?
+        };
         let mut state = LessonAggregate::default();
         if let Some(row) = row {
             let revision: i64 = row.try_get(0)?;
@@ -175,7 +180,8 @@ impl LessonsProjection {
                 outcome_topic = excluded.outcome_topic, mastery = excluded.mastery,
                 revision = excluded.revision, updated_at_us = excluded.updated_at_us,
                 resource = excluded.resource, position_commit = excluded.position_commit,
-                position_prepare = excluded.position_prepare"
+                position_prepare = excluded.position_prepare
+             WHERE {table}.revision < excluded.revision"
         ))
         .bind(&lesson.lesson_id)
         .bind(&lesson.tutor_id)
@@ -260,7 +266,8 @@ impl LessonsProjection {
              ON CONFLICT (series_id) DO UPDATE SET
                 subject = excluded.subject, state = excluded.state,
                 occurrence_count = excluded.occurrence_count, revision = excluded.revision,
-                updated_at_us = excluded.updated_at_us, resource = excluded.resource"
+                updated_at_us = excluded.updated_at_us, resource = excluded.resource
+             WHERE {table}.revision < excluded.revision"
         ))
         .bind(&series.series_id)
         .bind(&series.tutor_id)

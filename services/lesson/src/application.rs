@@ -273,8 +273,8 @@ impl LessonApplication {
         use crate::domain::ScheduleEvent as E;
         let mut moved_back = Vec::new();
         let mut released = Vec::new();
-        let bounds = |range: &Option<repit_proto::repit::common::v1::TimeRange>| {
-            let range = range.clone().unwrap_or_default();
+        let bounds = |range: Option<repit_proto::repit::common::v1::TimeRange>| {
+            let range = range.unwrap_or_default();
             (
                 crate::domain::time::from_timestamp(range.start.as_ref()),
                 crate::domain::time::from_timestamp(range.end.as_ref()),
@@ -282,11 +282,9 @@ impl LessonApplication {
         };
         for event in events {
             match event {
-                E::TutorReleased(e) => {
-                    moved_back.push((e.lesson_id.clone(), bounds(&e.time_range)))
-                }
+                E::TutorReleased(e) => moved_back.push((e.lesson_id.clone(), bounds(e.time_range))),
                 E::StudentReleased(e) => {
-                    moved_back.push((e.lesson_id.clone(), bounds(&e.time_range)))
+                    moved_back.push((e.lesson_id.clone(), bounds(e.time_range)))
                 }
                 E::TutorReserved(e) => released.push((
                     e.lesson_id.clone(),

@@ -47,6 +47,7 @@ const TABLES: &[TableDef] = &[
                 updated_at_us BIGINT NOT NULL,
                 position_commit BIGINT NOT NULL,
                 position_prepare BIGINT NOT NULL,
+                projected_at_us BIGINT NOT NULL,
                 resource {blob} NOT NULL
             )",
             "CREATE INDEX {table}_tutor_position ON {table} (tutor_id, position_commit, position_prepare)",
@@ -165,9 +166,9 @@ impl LessonsProjection {
                 duration_minutes, time_zone, subject, state, price_minor_units, price_currency,
                 planned_topic, original_start_at_us, cancelled_by, cancellation_kind, fee_applies,
                 counted_as_missed, outcome_topic, mastery, revision, created_at_us, updated_at_us,
-                resource, position_commit, position_prepare)
+                resource, position_commit, position_prepare, projected_at_us)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                $18, $19, $20, $21, $22, $23, $24, $25, $26)
+                $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)
              ON CONFLICT (lesson_id) DO UPDATE SET
                 start_at_us = excluded.start_at_us, end_at_us = excluded.end_at_us,
                 duration_minutes = excluded.duration_minutes, time_zone = excluded.time_zone,
@@ -180,7 +181,8 @@ impl LessonsProjection {
                 outcome_topic = excluded.outcome_topic, mastery = excluded.mastery,
                 revision = excluded.revision, updated_at_us = excluded.updated_at_us,
                 resource = excluded.resource, position_commit = excluded.position_commit,
-                position_prepare = excluded.position_prepare
+                position_prepare = excluded.position_prepare,
+                projected_at_us = excluded.projected_at_us
              WHERE {table}.revision < excluded.revision"
         ))
         .bind(&lesson.lesson_id)
@@ -209,6 +211,7 @@ impl LessonsProjection {
         .bind(lesson.encode_to_vec())
         .bind(to_i64(event.position.commit())?)
         .bind(to_i64(event.position.prepare())?)
+        .bind(chrono::Utc::now().timestamp_micros())
         .execute(tx.conn())
         .await?;
         Ok(())
@@ -292,9 +295,10 @@ impl Projection for LessonsProjection {
     }
 
     /// 2: `lessons.position_commit` / `position_prepare` (the `$all` position of the row's last
-    /// event, which schedule watches follow).
+    /// event, which schedule watches follow). 3: `lessons.projected_at_us` (when the read model
+    /// took the row's last change: its lag is `projected_at_us - updated_at_us`).
     fn schema_version(&self) -> i64 {
-        2
+        3
     }
 
     fn event_types(&self) -> Vec<String> {

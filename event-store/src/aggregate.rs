@@ -170,6 +170,10 @@ pub struct ExecuteOptions {
     /// When set, the command is refused with [`RepositoryError::UnexpectedRevision`] unless the
     /// stream is at exactly this revision (a client's optimistic lock, checked on every attempt).
     pub expected_revision: Option<u64>,
+    /// The stream is almost certainly new (its name holds a freshly made id): the first attempt
+    /// decides on the empty state and appends expecting no stream, skipping the read. Should the
+    /// stream exist after all, the append is refused and the command runs the ordinary way.
+    pub assume_new: bool,
 }
 
 /// The default number of times a command is decided before giving up on a contended stream.
@@ -264,6 +268,36 @@ where
         options: &ExecuteOptions,
     ) -> Result<Executed<A>, RepositoryError<A::Error>> {
         let attempts = self.max_attempts.get();
+        if options.assume_new && options.expected_revision.is_none() {
+            // Decided on the empty state without reading. Anything but a clean append (a refusal,
+            // nothing to do, a stream that exists after all) is decided again on the real state.
+            let state = A::default();
+            if let Ok(events) = state.decide(command)
+                && !events.is_empty()
+            {
+                let new_events = self.encode(stream, &events, options)?;
+                match self
+                    .store
+                    .append(stream, ExpectedRevision::NoStream, new_events)
+                    .await
+                {
+                    Ok(result) => {
+                        let mut state = state;
+                        for event in &events {
+                            state.evolve(event);
+                        }
+                        return Ok(Executed {
+                            state,
+                            events,
+                            revision: Some(result.next_expected_revision),
+                            position: Some(result.position),
+                        });
+                    }
+                    Err(error) if error.is_wrong_expected_version() => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
         for attempt in 1..=attempts {
             let Loaded {
                 mut state,

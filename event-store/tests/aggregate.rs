@@ -210,6 +210,45 @@ async fn executing_a_command_appends_its_events_and_returns_the_new_revision() {
 }
 
 #[tokio::test]
+async fn assuming_a_new_stream_skips_the_read_and_falls_back_when_it_exists() {
+    tokio::time::timeout(LIMIT, async {
+        let (_dir, store) = sqlite().await;
+        let repository = Repository::<Counter, _>::new(store.clone(), CounterCodec);
+        let new = ExecuteOptions {
+            assume_new: true,
+            ..ExecuteOptions::default()
+        };
+        let add = |amount| Add {
+            amount,
+            ceiling: 10,
+        };
+        let s = counter("assumed");
+        let first = repository
+            .execute_with(&s, &add(4), &new)
+            .await
+            .expect("a new stream");
+        assert_eq!((first.revision, first.state.value), (Some(0), 4));
+        // The stream exists now: the blind append is refused and the command is decided on the
+        // real state, so the ceiling still holds and the revision continues.
+        let second = repository
+            .execute_with(&s, &add(5), &new)
+            .await
+            .expect("decided on the real state");
+        assert_eq!((second.revision, second.state.value), (Some(1), 9));
+        let refused = repository
+            .execute_with(&s, &add(2), &new)
+            .await
+            .expect_err("past the ceiling on the real state");
+        assert!(matches!(
+            refused,
+            RepositoryError::Domain(CounterError::PastCeiling { .. })
+        ));
+    })
+    .await
+    .expect("time limit");
+}
+
+#[tokio::test]
 async fn a_refused_command_writes_nothing() {
     tokio::time::timeout(LIMIT, async {
         let (_dir, store) = sqlite().await;

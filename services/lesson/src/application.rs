@@ -413,7 +413,8 @@ impl LessonApplication {
         let lesson_id = derived_id(new.tutor_id, "lesson", &new.request_id);
         let stream = streams::lesson(lesson_id)?;
         // Only a request id can name an existing lesson (a retry); a fresh id cannot.
-        if !new.request_id.is_empty() {
+        let fresh_id = new.request_id.is_empty();
+        if !fresh_id {
             let existing = self.lessons.load(&stream).await?;
             if existing.state.lesson.is_some() {
                 if existing.state.request_id == new.request_id {
@@ -447,9 +448,14 @@ impl LessonApplication {
             actor: String::new(),
             now,
         }));
+        let options = ExecuteOptions {
+            // A lesson id made fresh for this call names no stream yet.
+            assume_new: fresh_id,
+            ..event_options(None)
+        };
         let executed = self
             .lessons
-            .execute_with(&stream, &command, &event_options(None))
+            .execute_with(&stream, &command, &options)
             .await?;
         lesson_with_revision(&executed.state, executed.revision)
     }
@@ -866,9 +872,14 @@ impl LessonApplication {
                         actor: String::new(),
                         now,
                     }));
+                    // Occurrence ids are new unless this is a retry, which the fallback handles.
+                    let options = ExecuteOptions {
+                        assume_new: true,
+                        ..event_options(None)
+                    };
                     let executed = self
                         .lessons
-                        .execute_with(&streams::lesson(lesson_id)?, &command, &event_options(None))
+                        .execute_with(&streams::lesson(lesson_id)?, &command, &options)
                         .await?;
                     lesson_with_revision(&executed.state, executed.revision)
                 }

@@ -1003,24 +1003,28 @@ impl LessonApplication {
         Ok((free, skipped))
     }
 
-    /// UpdateSeries ("this and following"): from the given occurrence on, SCHEDULED future
-    /// occurrences follow the new rule — moved, added or cancelled to match, paired in time
-    /// order — and take the new duration, subject and price. Held and cancelled occurrences are
-    /// left alone; occurrences moved by hand keep their time but take the rest.
-    /// All slot changes are reserved in one append per schedule, so the change is refused as a
-    /// whole on a double booking unless `skip_conflicts` leaves the conflicting dates out.
-    pub async fn update_series(&self, change: SeriesChange) -> Result<ChangedSeries, AppError> {
-        use std::collections::HashMap;
-        let now = Utc::now();
-        let stream = streams::series(change.series_id)?;
-        let loaded = self.series.load(&stream).await?;
+    /// A series that exists, is at the client's expected revision (when given) and has not
+    /// ended — what every change of a series starts from.
+    async fn load_active_series(
+        &self,
+        stream: &repit_event_store::StreamName,
+        series_id: Uuid,
+        expected_revision: Option<u64>,
+    ) -> Result<
+        (
+            repit_event_store::aggregate::Loaded<SeriesAggregate>,
+            pb::Series,
+        ),
+        AppError,
+    > {
+        let loaded = self.series.load(stream).await?;
         let Some(series) = loaded.state.series.clone() else {
             return Err(AppError::NotFound {
                 kind: "series",
-                id: change.series_id.to_string(),
+                id: series_id.to_string(),
             });
         };
-        if let Some(expected) = change.expected_revision
+        if let Some(expected) = expected_revision
             && loaded.revision != Some(expected)
         {
             return Err(AppError::Aborted(format!(
@@ -1031,6 +1035,22 @@ impl LessonApplication {
         if series.state() == pb::SeriesState::Ended {
             return Err(AppError::Series(crate::domain::SeriesError::AlreadyEnded));
         }
+        Ok((loaded, series))
+    }
+
+    /// UpdateSeries ("this and following"): from the given occurrence on, SCHEDULED future
+    /// occurrences follow the new rule — moved, added or cancelled to match, paired in time
+    /// order — and take the new duration, subject and price. Held and cancelled occurrences are
+    /// left alone; occurrences moved by hand keep their time but take the rest.
+    /// All slot changes are reserved in one append per schedule, so the change is refused as a
+    /// whole on a double booking unless `skip_conflicts` leaves the conflicting dates out.
+    pub async fn update_series(&self, change: SeriesChange) -> Result<ChangedSeries, AppError> {
+        use std::collections::HashMap;
+        let now = Utc::now();
+        let stream = streams::series(change.series_id)?;
+        let (loaded, series) = self
+            .load_active_series(&stream, change.series_id, change.expected_revision)
+            .await?;
         let from_id = change.from_lesson_id.to_string();
         let not_an_occurrence = || {
             AppError::Lesson(LessonError::NotScheduled(
@@ -1336,24 +1356,9 @@ impl LessonApplication {
     ) -> Result<(pb::Series, Vec<String>), AppError> {
         let now = Utc::now();
         let stream = streams::series(series_id)?;
-        let loaded = self.series.load(&stream).await?;
-        let Some(series) = loaded.state.series.clone() else {
-            return Err(AppError::NotFound {
-                kind: "series",
-                id: series_id.to_string(),
-            });
-        };
-        if let Some(expected) = expected_revision
-            && loaded.revision != Some(expected)
-        {
-            return Err(AppError::Aborted(format!(
-                "expected revision {expected}, the series is at {}; reload and retry",
-                loaded.revision.unwrap_or(0)
-            )));
-        }
-        if series.state() == pb::SeriesState::Ended {
-            return Err(AppError::Series(crate::domain::SeriesError::AlreadyEnded));
-        }
+        let (loaded, series) = self
+            .load_active_series(&stream, series_id, expected_revision)
+            .await?;
         let zone = series
             .recurrence
             .as_ref()

@@ -4,10 +4,13 @@
 //! - [`telemetry`]: structured logs (text for people, JSON for machines).
 //! - [`shutdown`]: the one signal (SIGINT/SIGTERM) that reaches every server and background task.
 //! - [`status`]: the mapping of our errors to `tonic::Status` with AIP-193 error details.
+//! - [`events`]: `proto_events!`, a service's event enum over its published protobuf messages
+//!   and the codec that stores them under their full names.
 //! - [`request_context`]: the correlation id, traceparent and actor of the current request,
 //!   made ambient by a tower layer so every event appended carries them.
 
 pub mod config;
+pub mod events;
 pub mod request_context;
 pub mod shutdown;
 pub mod status;

@@ -9,13 +9,12 @@ use repit_event_store::Aggregate;
 use repit_proto::repit::common::v1::Money;
 use repit_proto::repit::lesson::v1 as pb;
 
-use super::codec::lesson_events;
 use super::policy;
 use super::time::{duration, from_duration, from_timestamp, timestamp};
 
-lesson_events! {
+repit_platform::proto_events! {
     /// What happens to a lesson.
-    LessonEvent, LessonCodec {
+    LessonEvent, LessonCodec, "repit.lesson.v1", repit_proto::repit::lesson::v1 {
         Scheduled(LessonScheduled),
         Rescheduled(LessonRescheduled),
         DetailsChanged(LessonDetailsChanged),

@@ -8,9 +8,8 @@
 //! - [`recurrence`] and [`local_time`]: wall-clock rules, time zones and DST.
 //!
 //! Events are the protobuf messages of `repit/lesson/v1/events.proto`, so the stored schema is
-//! the published one; [`codec`] stores them under their full message names.
+//! the published one; `repit_platform::proto_events!` stores them under their full names.
 
-pub mod codec;
 pub mod lesson;
 pub mod local_time;
 pub mod policy;

@@ -14,12 +14,11 @@ use repit_event_store::Aggregate;
 use repit_proto::repit::common::v1::TimeRange;
 use repit_proto::repit::lesson::v1 as pb;
 
-use super::codec::lesson_events;
 use super::time::{from_timestamp, timestamp};
 
-lesson_events! {
+repit_platform::proto_events! {
     /// What happens to a tutor's or a student's schedule.
-    ScheduleEvent, ScheduleCodec {
+    ScheduleEvent, ScheduleCodec, "repit.lesson.v1", repit_proto::repit::lesson::v1 {
         TutorReserved(TutorSlotReserved),
         TutorReleased(TutorSlotReleased),
         TutorFeedRotated(TutorCalendarFeedRotated),

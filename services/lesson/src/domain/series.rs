@@ -7,12 +7,11 @@ use repit_event_store::Aggregate;
 use repit_proto::repit::common::v1::Date;
 use repit_proto::repit::lesson::v1 as pb;
 
-use super::codec::lesson_events;
 use super::time::timestamp;
 
-lesson_events! {
+repit_platform::proto_events! {
     /// What happens to a series.
-    SeriesEvent, SeriesCodec {
+    SeriesEvent, SeriesCodec, "repit.lesson.v1", repit_proto::repit::lesson::v1 {
         Created(SeriesCreated),
         OccurrenceEdited(SeriesOccurrenceEdited),
         EditedFromOccurrence(SeriesEditedFromOccurrence),

@@ -1,18 +1,38 @@
-//! Stores the lesson service's events as protobuf under their full message names.
+//! Events stored as the published protobuf messages (DESIGN.md: "Events are protobuf messages in
+//! `proto/repit/<service>/v1/events.proto`; the event type is the full message name").
+//!
+//! [`proto_events!`](crate::proto_events) declares a service's event enum over those messages and
+//! its [`EventCodec`](repit_event_store::EventCodec), so every service stores events the same way.
+//! The macro expands in the service crate, which depends on `prost`, `repit-proto` and
+//! `repit-event-store` itself.
 
-/// Declares an event enum over protobuf messages of `repit.lesson.v1` and its [`EventCodec`]:
-/// each variant is stored as `repit.lesson.v1.<Message>`, and an unknown type is an error (a
-/// stream must never be folded without one of its events).
+/// Declares an event enum over protobuf messages of one package and its `EventCodec`: each
+/// variant is stored as `<package>.<Message>`, and an unknown type is a decode error (a stream
+/// must never be folded without one of its events).
 ///
-/// [`EventCodec`]: repit_event_store::EventCodec
-macro_rules! lesson_events {
-    ($(#[$meta:meta])* $name:ident, $codec:ident { $($variant:ident($message:ident)),+ $(,)? }) => {
+/// ```ignore
+/// repit_platform::proto_events! {
+///     /// What happens to a lesson.
+///     LessonEvent, LessonCodec, "repit.lesson.v1", repit_proto::repit::lesson::v1 {
+///         Scheduled(LessonScheduled),
+///         Cancelled(LessonCancelled),
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! proto_events {
+    ($(#[$meta:meta])* $name:ident, $codec:ident, $package:literal, $module:path {
+        $($variant:ident($message:ident)),+ $(,)?
+    }) => {
+        // One alias per module that declares events (one `proto_events!` per aggregate file).
+        use $module as proto_events_package;
+
         $(#[$meta])*
         #[derive(Clone, Debug, PartialEq)]
         pub enum $name {
             $(
-                #[doc = concat!("`repit.lesson.v1.", stringify!($message), "`.")]
-                $variant(repit_proto::repit::lesson::v1::$message),
+                #[doc = concat!("`", $package, ".", stringify!($message), "`.")]
+                $variant(proto_events_package::$message),
             )+
         }
 
@@ -20,7 +40,7 @@ macro_rules! lesson_events {
             /// The stored event type: the full protobuf message name.
             pub fn event_type(&self) -> &'static str {
                 match self {
-                    $(Self::$variant(_) => concat!("repit.lesson.v1.", stringify!($message)),)+
+                    $(Self::$variant(_) => concat!($package, ".", stringify!($message)),)+
                 }
             }
         }
@@ -33,7 +53,10 @@ macro_rules! lesson_events {
             fn encode(
                 &self,
                 event: &$name,
-            ) -> Result<repit_event_store::aggregate::EncodedEvent, repit_event_store::aggregate::CodecError> {
+            ) -> Result<
+                repit_event_store::aggregate::EncodedEvent,
+                repit_event_store::aggregate::CodecError,
+            > {
                 let data = match event {
                     $($name::$variant(message) => prost::Message::encode_to_vec(message),)+
                 };
@@ -56,8 +79,8 @@ macro_rules! lesson_events {
                 };
                 match event.event_type.as_str() {
                     $(
-                        concat!("repit.lesson.v1.", stringify!($message)) => Ok($name::$variant(
-                            <repit_proto::repit::lesson::v1::$message as prost::Message>::decode(
+                        concat!($package, ".", stringify!($message)) => Ok($name::$variant(
+                            <proto_events_package::$message as prost::Message>::decode(
                                 event.data.clone(),
                             )
                             .map_err(bad)?,
@@ -71,5 +94,3 @@ macro_rules! lesson_events {
         }
     };
 }
-
-pub(crate) use lesson_events;

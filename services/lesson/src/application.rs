@@ -34,7 +34,7 @@ use crate::domain::local_time::{local_to_utc, to_local};
 use crate::domain::recurrence::Recurrence;
 use crate::domain::schedule::{ScheduleCodec, SlotRequest};
 use crate::domain::series::SeriesCodec;
-use crate::domain::time::timestamp;
+use repit_platform::time::timestamp;
 use crate::domain::{
     LessonAggregate, LessonCommand, LessonError, Party, ScheduleAggregate, ScheduleCommand,
     ScheduleError, SeriesAggregate, SeriesCommand, streams,
@@ -276,8 +276,8 @@ impl LessonApplication {
         let bounds = |range: Option<repit_proto::repit::common::v1::TimeRange>| {
             let range = range.unwrap_or_default();
             (
-                crate::domain::time::from_timestamp(range.start.as_ref()),
-                crate::domain::time::from_timestamp(range.end.as_ref()),
+                repit_platform::time::from_timestamp(range.start.as_ref()),
+                repit_platform::time::from_timestamp(range.end.as_ref()),
             )
         };
         for event in events {
@@ -589,7 +589,7 @@ impl LessonApplication {
         let Ok(zone) = crate::domain::local_time::parse_zone(&lesson.time_zone) else {
             return;
         };
-        let original = crate::domain::time::from_timestamp(lesson.original_start_time.as_ref());
+        let original = repit_platform::time::from_timestamp(lesson.original_start_time.as_ref());
         let local = to_local(zone, original).date();
         let edit = pb::SeriesOccurrenceEdited {
             series_id: lesson.series_id.clone(),
@@ -892,7 +892,7 @@ impl LessonApplication {
             tutor_id: new.tutor_id.to_string(),
             student_id: new.student_id.to_string(),
             subject: new.subject.clone(),
-            duration: Some(crate::domain::time::duration(new.duration)),
+            duration: Some(repit_platform::time::duration(new.duration)),
             price_override: new.price_override.clone(),
             recurrence: Some(new.recurrence_pb.clone()),
             occurrences: free
@@ -1096,7 +1096,7 @@ impl LessonApplication {
 
         let duration = change
             .duration
-            .unwrap_or_else(|| crate::domain::time::from_duration(series.duration.as_ref()));
+            .unwrap_or_else(|| repit_platform::time::from_duration(series.duration.as_ref()));
         let subject = change
             .subject
             .clone()
@@ -1318,7 +1318,7 @@ impl LessonApplication {
             from_lesson_id: from_id,
             from_date: Some(date_pb(from_date)),
             recurrence: rule_pb,
-            duration: Some(crate::domain::time::duration(duration)),
+            duration: Some(repit_platform::time::duration(duration)),
             subject,
             price_override: price,
             kept: kept_pb,

@@ -15,7 +15,7 @@ use crate::application::{Cancellation, LessonApplication, NewLesson, NewSeries, 
 use crate::convert::{Fields, state_filter};
 use crate::domain::lesson::{RecordOutcome, UpdateLessonDetails};
 use crate::domain::local_time::week_start;
-use crate::domain::time::timestamp;
+use repit_platform::time::timestamp;
 use crate::error::AppError;
 use crate::queries::{self, LessonFilter, Owner};
 use crate::watch::{WatchSpec, Watches};

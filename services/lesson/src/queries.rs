@@ -288,7 +288,7 @@ pub async fn calendar(
                     EventStatus::Confirmed
                 },
                 sequence: u32::try_from(lesson.revision).unwrap_or(u32::MAX),
-                last_modified: crate::domain::time::from_timestamp(lesson.updated_at.as_ref()),
+                last_modified: repit_platform::time::from_timestamp(lesson.updated_at.as_ref()),
             }
         })
         .collect();

@@ -6,6 +6,7 @@
 //! - [`status`]: the mapping of our errors to `tonic::Status` with AIP-193 error details.
 //! - [`events`]: `proto_events!`, a service's event enum over its published protobuf messages
 //!   and the codec that stores them under their full names.
+//! - [`time`]: protobuf time types ↔ chrono, saturating where `evolve` must not fail.
 //! - [`request_context`]: the correlation id, traceparent and actor of the current request,
 //!   made ambient by a tower layer so every event appended carries them.
 
@@ -15,6 +16,7 @@ pub mod request_context;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod time;
 
 pub use config::{Config, ConfigError, FeedKind, LogFormat};
 pub use request_context::{RequestContext, RequestContextLayer};

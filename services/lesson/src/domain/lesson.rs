@@ -10,7 +10,7 @@ use repit_proto::repit::common::v1::Money;
 use repit_proto::repit::lesson::v1 as pb;
 
 use super::policy;
-use super::time::{duration, from_duration, from_timestamp, timestamp};
+use repit_platform::time::{duration, from_duration, from_timestamp, timestamp};
 
 repit_platform::proto_events! {
     /// What happens to a lesson.

@@ -16,7 +16,6 @@ pub mod policy;
 pub mod recurrence;
 pub mod schedule;
 pub mod series;
-pub mod time;
 
 pub use lesson::{LessonAggregate, LessonCommand, LessonError, LessonEvent};
 pub use schedule::{

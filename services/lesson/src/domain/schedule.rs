@@ -14,7 +14,7 @@ use repit_event_store::Aggregate;
 use repit_proto::repit::common::v1::TimeRange;
 use repit_proto::repit::lesson::v1 as pb;
 
-use super::time::{from_timestamp, timestamp};
+use repit_platform::time::{from_timestamp, timestamp};
 
 repit_platform::proto_events! {
     /// What happens to a tutor's or a student's schedule.

@@ -7,7 +7,7 @@ use repit_event_store::Aggregate;
 use repit_proto::repit::common::v1::Date;
 use repit_proto::repit::lesson::v1 as pb;
 
-use super::time::timestamp;
+use repit_platform::time::timestamp;
 
 repit_platform::proto_events! {
     /// What happens to a series.

@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use crate::domain::lesson::{LessonCodec, interval_of};
 use crate::domain::series::SeriesCodec;
-use crate::domain::time::from_timestamp;
+use repit_platform::time::from_timestamp;
 use crate::domain::{LessonAggregate, SeriesAggregate};
 
 /// The lessons table (a view on the live generation).

@@ -10,7 +10,7 @@ use repit_proto::repit::common::v1::EventMetadata;
 use crate::application::LessonApplication;
 use crate::domain::LessonEvent;
 use crate::domain::lesson::LessonCodec;
-use crate::domain::time::from_timestamp;
+use repit_platform::time::from_timestamp;
 use crate::error::AppError;
 
 /// On `LessonCancelled`, releases the lesson's slots in the tutor's and the student's schedule.

@@ -34,12 +34,12 @@ use crate::domain::local_time::{local_to_utc, to_local};
 use crate::domain::recurrence::Recurrence;
 use crate::domain::schedule::{ScheduleCodec, SlotRequest};
 use crate::domain::series::SeriesCodec;
-use repit_platform::time::timestamp;
 use crate::domain::{
     LessonAggregate, LessonCommand, LessonError, Party, ScheduleAggregate, ScheduleCommand,
     ScheduleError, SeriesAggregate, SeriesCommand, streams,
 };
 use crate::error::AppError;
+use repit_platform::time::timestamp;
 
 /// How many following lessons a topic shift looks at (the contract's bound).
 pub const SHIFT_CHAIN_LIMIT: i64 = 50;

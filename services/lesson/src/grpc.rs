@@ -15,10 +15,10 @@ use crate::application::{Cancellation, LessonApplication, NewLesson, NewSeries, 
 use crate::convert::{Fields, state_filter};
 use crate::domain::lesson::{RecordOutcome, UpdateLessonDetails};
 use crate::domain::local_time::week_start;
-use repit_platform::time::timestamp;
 use crate::error::AppError;
 use crate::queries::{self, LessonFilter, Owner};
 use crate::watch::{WatchSpec, Watches};
+use repit_platform::time::timestamp;
 
 /// The most days a calendar export or watch covers.
 const MAX_RANGE_DAYS: i64 = 366;

@@ -9,8 +9,8 @@ use sqlx::Row;
 
 use crate::domain::lesson::{LessonCodec, interval_of};
 use crate::domain::series::SeriesCodec;
-use repit_platform::time::from_timestamp;
 use crate::domain::{LessonAggregate, SeriesAggregate};
+use repit_platform::time::from_timestamp;
 
 /// The lessons table (a view on the live generation).
 pub const LESSONS_TABLE: &str = "lessons";

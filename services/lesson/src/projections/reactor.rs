@@ -10,8 +10,8 @@ use repit_proto::repit::common::v1::EventMetadata;
 use crate::application::LessonApplication;
 use crate::domain::LessonEvent;
 use crate::domain::lesson::LessonCodec;
-use repit_platform::time::from_timestamp;
 use crate::error::AppError;
+use repit_platform::time::from_timestamp;
 
 /// On `LessonCancelled`, releases the lesson's slots in the tutor's and the student's schedule.
 /// The command does the same at once; this makes it certain even if the process died between

@@ -9,7 +9,10 @@
 //! - [`time`]: protobuf time types ↔ chrono, saturating where `evolve` must not fail.
 //! - [`request_context`]: the correlation id, traceparent and actor of the current request,
 //!   made ambient by a tower layer so every event appended carries them.
+//! - [`auth`]: access tokens: Ed25519 signing keys, issuing, verifying with a cache, and the
+//!   tower layer that answers UNAUTHENTICATED and hands handlers the [`auth::Caller`].
 
+pub mod auth;
 pub mod config;
 pub mod events;
 pub mod request_context;

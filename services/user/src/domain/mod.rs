@@ -1,0 +1,20 @@
+//! The user service's aggregates, pure (stream names are permanent; see
+//! `proto/repit/user/v1/events.proto`):
+//!
+//! - [`user`]: `user-<user_id>`, one account.
+//! - [`login_name`]: `login-email-<sha256>` / `login-telegram-<id>`, so a login name has one
+//!   account, however concurrent the sign-ups.
+//! - [`session`]: `session-<session_id>`, one family of rotating refresh tokens with reuse
+//!   detection.
+//! - [`signing_keys`]: `signing-keys`, the ring of token signing keys (sealed private keys,
+//!   activation delay, grace for the previous key, revocation).
+
+pub mod login_name;
+pub mod session;
+pub mod signing_keys;
+pub mod user;
+
+pub use login_name::{LoginNameAggregate, LoginNameCommand, LoginNameError, LoginNameEvent};
+pub use session::{SessionAggregate, SessionCommand, SessionError, SessionEvent};
+pub use signing_keys::{SigningKeyCommand, SigningKeyError, SigningKeyEvent, SigningKeyRing};
+pub use user::{UserAggregate, UserCommand, UserError, UserEvent};

@@ -180,6 +180,7 @@ CONFIG_KEYS = {
     "nats": {"url": url_schemes("nats://"), "stream": jetstream_name,
              "subject_prefix": subject_prefix},
     "projections": {"feed": one_of("auto", "store", "jetstream"), "batch_size": batch_size},
+    "auth": {"issuer": non_empty, "audience": non_empty, "key_encryption_key_file": non_empty},
 }
 
 

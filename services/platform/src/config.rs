@@ -28,6 +28,42 @@ pub struct Config {
     pub storage: StorageConfig,
     pub nats: NatsConfig,
     pub projections: ProjectionsConfig,
+    pub auth: AuthConfig,
+}
+
+/// Access tokens: who issues them, for whom, and the key that seals the signing keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The `iss` claim of access tokens.
+    pub issuer: String,
+    /// The `aud` claim every service checks.
+    pub audience: String,
+    /// The key-encryption key that seals the token signing keys in the event store:
+    /// `<id>:<base64 of 32 bytes>` in a file readable only by repitd. Empty:
+    /// `<data_dir>/signing-kek`, created on first start. Every user-service replica needs the same.
+    pub key_encryption_key_file: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "repit".to_owned(),
+            audience: "repit".to_owned(),
+            key_encryption_key_file: String::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The key-encryption key file with the embedded default filled in.
+    pub fn key_encryption_key_file(&self, storage: &StorageConfig) -> PathBuf {
+        if self.key_encryption_key_file.is_empty() {
+            storage.data_dir.join("signing-kek")
+        } else {
+            PathBuf::from(&self.key_encryption_key_file)
+        }
+    }
 }
 
 /// Where data lives. The defaults are files under `data_dir`, so `repitd` runs with nothing
@@ -298,6 +334,9 @@ impl Config {
                 "nats.url: `{}` must start with nats://",
                 self.nats.url
             ));
+        }
+        if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {
+            problems.push("auth.issuer / auth.audience: must not be empty".to_owned());
         }
         if self.projections.batch_size == 0 || self.projections.batch_size > 10_000 {
             problems.push("projections.batch_size: must be 1..=10000".to_owned());

@@ -11,8 +11,12 @@ use axum::routing::any;
 use repit_event_store::EventStore;
 use repit_event_store::relay::Relay;
 use repit_lesson::{LessonApplication, LessonSettings};
-use repit_platform::{Config, status};
+use repit_platform::auth::{AuthLayer, Verifier};
+use repit_platform::{Config, RequestContextLayer, status};
 use repit_projections::{FeedSource, ReadModelDb};
+use repit_user::application::{UserApplication, UserSettings};
+use repit_user::grpc::UserGrpc;
+use repit_user::keys::{KeyEncryptionKey, KeyRing};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -115,6 +119,10 @@ pub async fn start(
             (Component::Lesson, Some(lesson)) => routes.add_service(
                 repit_lesson::LessonGrpc::new(lesson.clone(), shutdown.clone()).into_server(),
             ),
+            (Component::User, _) => match &services.user {
+                Some(user) => mount_user(routes, config, user).await?,
+                None => mount_unimplemented(routes, component, &contracts)?,
+            },
             _ => mount_unimplemented(routes, component, &contracts)?,
         };
     }
@@ -151,6 +159,7 @@ struct Services {
     store: Option<Arc<dyn EventStore>>,
     read_models: Option<ReadModelDb>,
     lesson: Option<LessonApplication>,
+    user: Option<UserApplication>,
 }
 
 impl Services {
@@ -158,7 +167,8 @@ impl Services {
         let lesson_target = targets.components().contains(&Component::Lesson);
         let projections = targets.runs(Worker::Projections);
         let relay = relay_runs(config, targets);
-        let store = if lesson_target || projections || relay {
+        let user_target = targets.components().contains(&Component::User);
+        let store = if lesson_target || user_target || projections || relay {
             Some(backends::event_store(config).await?)
         } else {
             None
@@ -187,10 +197,15 @@ impl Services {
             .await
             .context("failed to create the lesson read models")?;
         }
+        let user = match (&store, user_target) {
+            (Some(store), true) => Some(open_user(config, store.clone()).await?),
+            _ => None,
+        };
         Ok(Self {
             store,
             read_models,
             lesson,
+            user,
         })
     }
 
@@ -265,6 +280,46 @@ impl Services {
         tracing::info!(projections = ?runtime.names(), jetstream = config.projections.uses_jetstream(&config.nats), "projections starting");
         Ok(Some(tokio::spawn(runtime.run(shutdown.clone()))))
     }
+}
+
+/// The user service: its key-encryption key (a file, created on first start), the signing-key
+/// ring in the event store (bootstrapped on first start), and the application.
+async fn open_user(config: &Config, store: Arc<dyn EventStore>) -> anyhow::Result<UserApplication> {
+    let path = config.auth.key_encryption_key_file(&config.storage);
+    let kek = KeyEncryptionKey::load_or_create(&path)
+        .with_context(|| format!("failed to load the key-encryption key {}", path.display()))?;
+    let keys = KeyRing::open(store.clone(), kek, chrono::Utc::now())
+        .await
+        .context("failed to open the signing-key ring")?;
+    let settings = UserSettings {
+        issuer: config.auth.issuer.clone(),
+        audience: config.auth.audience.clone(),
+        ..UserSettings::default()
+    };
+    UserApplication::new(store, keys, settings).context("failed to start the user service")
+}
+
+/// Mounts the user service behind the auth layer (its public RPCs stay open) and the request
+/// context layer, outermost, so the actor reaches the events it appends.
+async fn mount_user(
+    routes: Routes,
+    config: &Config,
+    user: &UserApplication,
+) -> anyhow::Result<Routes> {
+    use tower::Layer;
+    let keys = user
+        .keys()
+        .key_set(chrono::Utc::now())
+        .await
+        .context("failed to read the verifying keys")?;
+    let verifier = Arc::new(Verifier::new(
+        config.auth.issuer.clone(),
+        config.auth.audience.clone(),
+        keys,
+    ));
+    let auth = AuthLayer::new(verifier).public(repit_user::grpc::PUBLIC_METHODS);
+    let service = UserGrpc::new(user.clone(), config.auth.issuer.clone()).into_server();
+    Ok(routes.add_service(RequestContextLayer.layer(auth.layer(service))))
 }
 
 /// Whether the relay runs: named explicitly, or part of `all` with NATS configured.

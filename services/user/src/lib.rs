@@ -1,11 +1,16 @@
 //! The user service: identity and authentication: sign-up, invites, roles, parents, tokens
 //! (PRODUCT.md §1).
 //!
-//! Status: the domain is being built. [`domain`] holds the account, login-name and session
-//! aggregates (refresh-token rotation with reuse detection) with their tests; no RPC uses them
-//! yet, so every RPC of `proto/repit/user/v1/` still answers UNIMPLEMENTED naming itself.
+//! - [`domain`]: the account, login-name, session (refresh-token rotation with reuse detection)
+//!   and signing-key ring aggregates, pure, with their tests.
+//! - [`keys`]: the key-encryption key and the signing-key ring (sealed keys in the event store).
+//! - [`application`]: sign-up, login, refresh, logout, the current user.
+//! - [`grpc`]: the tonic adapter; RPCs not built yet answer UNIMPLEMENTED (see its docs).
 
+pub mod application;
 pub mod domain;
+pub mod grpc;
+pub mod keys;
 
 /// Fully qualified gRPC name of the service this crate implements.
 pub const GRPC_SERVICE: &str = repit_proto::repit::user::v1::user_service_server::SERVICE_NAME;

@@ -188,6 +188,52 @@ async fn a_tutor_signs_up_logs_in_and_refresh_tokens_rotate_with_reuse_detection
         .expect_err("session ended by log out everywhere");
     assert_eq!(dead.code(), Code::Unauthenticated);
 
+    // The time zone and language every view uses are the user's to change.
+    let fresh = users
+        .login_with_password(pb::LoginWithPasswordRequest {
+            email: email.clone(),
+            password: "correct horse battery".into(),
+            client_name: "tablet".into(),
+        })
+        .await
+        .expect("logged in")
+        .into_inner()
+        .tokens
+        .expect("tokens");
+    let changed = users
+        .update_profile(bearer(
+            pb::UpdateProfileRequest {
+                time_zone: "Asia/Vladivostok".into(),
+                language: repit_proto::repit::common::v1::Language::En as i32,
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["time_zone".into(), "language".into()],
+                }),
+                ..Default::default()
+            },
+            &fresh.access_token,
+        ))
+        .await
+        .expect("profile changed")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(changed.time_zone, "Asia/Vladivostok");
+    assert_eq!(changed.display_name, "Анна Петровна");
+    let bad_zone = users
+        .update_profile(bearer(
+            pb::UpdateProfileRequest {
+                time_zone: "Moscow".into(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["time_zone".into()],
+                }),
+                ..Default::default()
+            },
+            &fresh.access_token,
+        ))
+        .await
+        .expect_err("not an IANA zone");
+    assert_eq!(bad_zone.code(), Code::InvalidArgument);
+
     // The public keys verify what was issued.
     let keys = users
         .get_public_keys(pb::GetPublicKeysRequest {})

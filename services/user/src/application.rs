@@ -510,6 +510,41 @@ impl UserApplication {
         }
     }
 
+    /// UpdateProfile of the caller's own account (the fields that are `Some`).
+    pub async fn update_profile(
+        &self,
+        user_id: &str,
+        display_name: Option<String>,
+        time_zone: Option<String>,
+        language: Option<Language>,
+        expected_revision: Option<u64>,
+    ) -> Result<pb::User, AppError> {
+        let command = UserCommand::ChangeProfile {
+            display_name,
+            time_zone,
+            language,
+            actor: user_id.to_owned(),
+            now: Utc::now(),
+        };
+        let options = ExecuteOptions {
+            expected_revision,
+            ..ExecuteOptions::default()
+        };
+        match self
+            .users
+            .execute_with(&user_stream(user_id)?, &command, &options)
+            .await
+        {
+            Ok(executed) => {
+                let mut user = executed.state.user.ok_or(AppError::NotFound)?;
+                user.revision = executed.revision.unwrap_or(0);
+                Ok(user)
+            }
+            Err(RepositoryError::Domain(UserError::NotFound)) => Err(AppError::NotFound),
+            Err(other) => Err(other.into()),
+        }
+    }
+
     /// The account of `user_id`.
     pub async fn user(&self, user_id: &str) -> Result<pb::User, AppError> {
         let loaded = self.users.load(&user_stream(user_id)?).await?;

@@ -1,7 +1,7 @@
 //! The gRPC adapter of the user service: proto in, application call, proto out.
 //!
 //! Built: SignUpTutor (email and password), LoginWithPassword, RefreshToken, Logout,
-//! LogoutEverywhere, GetPublicKeys, GetCurrentUser. Every other RPC answers UNIMPLEMENTED naming
+//! LogoutEverywhere, GetPublicKeys, GetCurrentUser, UpdateProfile (one's own). Every other RPC answers UNIMPLEMENTED naming
 //! itself until it is built (invites, Telegram, roles, parents, schools, sessions list, key
 //! rotation).
 
@@ -439,9 +439,58 @@ impl UserService for UserGrpc {
 
     async fn update_profile(
         &self,
-        _request: Request<pb::UpdateProfileRequest>,
+        request: Request<pb::UpdateProfileRequest>,
     ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
-        Err(not_implemented("repit.user.v1.UserService/UpdateProfile"))
+        let caller_id = caller(&request)?.user_id.clone();
+        let r = request.into_inner();
+        if !r.user_id.is_empty() && r.user_id != caller_id {
+            // Changing a PENDING account of one's tenancy comes with CreateUser.
+            return Err(Status::with_error_details(
+                Code::Unimplemented,
+                "changing another user's profile is not implemented yet",
+                info("NOT_IMPLEMENTED"),
+            ));
+        }
+        let mut f = Fields::default();
+        let language = r.language();
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        if paths.is_empty() {
+            f.bad(
+                "update_mask",
+                "required; paths: display_name, time_zone, language",
+            );
+        }
+        for path in &paths {
+            if !["display_name", "time_zone", "language"].contains(&path.as_str()) {
+                f.bad("update_mask", &format!("unknown path {path:?}"));
+            }
+        }
+        let has = |p: &str| paths.iter().any(|x| x == p);
+        if has("display_name") {
+            f.text("display_name", &r.display_name, 1, 100);
+        }
+        if has("time_zone") {
+            f.zone("time_zone", &r.time_zone);
+        }
+        if has("language") && language == Language::Unspecified {
+            f.bad("language", "required when named in update_mask");
+        }
+        f.finish().map_err(status)?;
+        let user = self
+            .app
+            .update_profile(
+                &caller_id,
+                has("display_name").then_some(r.display_name),
+                has("time_zone").then_some(r.time_zone),
+                has("language").then_some(language),
+                r.expected_revision,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateProfileResponse {
+            revision: user.revision,
+            user: Some(user),
+        }))
     }
 
     async fn change_password(

@@ -57,7 +57,18 @@ pub struct RegisterTutor {
 #[derive(Clone, Debug, PartialEq)]
 pub enum UserCommand {
     RegisterTutor(Box<RegisterTutor>),
-    LogoutEverywhere { actor: String, now: DateTime<Utc> },
+    LogoutEverywhere {
+        actor: String,
+        now: DateTime<Utc>,
+    },
+    /// Changes the fields that are `Some`.
+    ChangeProfile {
+        display_name: Option<String>,
+        time_zone: Option<String>,
+        language: Option<Language>,
+        actor: String,
+        now: DateTime<Utc>,
+    },
 }
 
 /// Why an account refused a command.
@@ -115,6 +126,49 @@ impl Aggregate for UserAggregate {
                         occurred_at: at,
                     }),
                 ])
+            }
+            UserCommand::ChangeProfile {
+                display_name,
+                time_zone,
+                language,
+                actor,
+                now,
+            } => {
+                let user = self.user.as_ref().ok_or(UserError::NotFound)?;
+                let mut changed = Vec::new();
+                let display_name = match display_name {
+                    Some(name) if *name != user.display_name => {
+                        changed.push("display_name".to_owned());
+                        name.clone()
+                    }
+                    _ => user.display_name.clone(),
+                };
+                let time_zone = match time_zone {
+                    Some(zone) if *zone != user.time_zone => {
+                        changed.push("time_zone".to_owned());
+                        zone.clone()
+                    }
+                    _ => user.time_zone.clone(),
+                };
+                let language = match language {
+                    Some(language) if *language as i32 != user.language => {
+                        changed.push("language".to_owned());
+                        *language as i32
+                    }
+                    _ => user.language,
+                };
+                if changed.is_empty() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::ProfileChanged(pb::ProfileChanged {
+                    user_id: user.user_id.clone(),
+                    display_name,
+                    time_zone,
+                    language,
+                    changed_fields: Some(prost_types::FieldMask { paths: changed }),
+                    actor_user_id: actor.clone(),
+                    occurred_at: Some(timestamp(*now)),
+                })])
             }
             UserCommand::LogoutEverywhere { actor, now } => {
                 let user = self.user.as_ref().ok_or(UserError::NotFound)?;
@@ -248,6 +302,36 @@ mod tests {
         given::<UserAggregate>(events)
             .when(&register())
             .then_error(UserError::AlreadyExists);
+    }
+
+    #[test]
+    fn a_profile_change_names_only_what_changed_and_an_unchanged_one_writes_nothing() {
+        let registered = UserAggregate::default()
+            .decide(&register())
+            .unwrap_or_default();
+        let change = |zone: &str| UserCommand::ChangeProfile {
+            display_name: Some("Anna".into()),
+            time_zone: Some(zone.into()),
+            language: None,
+            actor: "u".into(),
+            now: DateTime::UNIX_EPOCH,
+        };
+        let result = given::<UserAggregate>(registered.clone())
+            .when(&change("Asia/Tokyo"))
+            .into_result();
+        let Ok(events) = result else {
+            panic!("{result:?}")
+        };
+        let [UserEvent::ProfileChanged(e)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            e.changed_fields.as_ref().map(|m| m.paths.clone()),
+            Some(vec!["time_zone".to_owned()])
+        );
+        given::<UserAggregate>(registered)
+            .when(&change("Europe/Moscow"))
+            .then([]);
     }
 
     #[test]

@@ -466,6 +466,17 @@ impl LessonApplication {
         command: LessonCommand,
         expected_revision: Option<u64>,
     ) -> Result<(LessonAggregate, Option<u64>), AppError> {
+        let executed = self.execute(lesson_id, command, expected_revision).await?;
+        Ok((executed.state, executed.revision))
+    }
+
+    /// Like [`Self::run`], with the events the command appended.
+    async fn execute(
+        &self,
+        lesson_id: Uuid,
+        command: LessonCommand,
+        expected_revision: Option<u64>,
+    ) -> Result<repit_event_store::aggregate::Executed<LessonAggregate>, AppError> {
         let stream = streams::lesson(lesson_id)?;
         let options = event_options(expected_revision);
         let executed = self
@@ -481,7 +492,7 @@ impl LessonApplication {
                 }
                 other => other.into(),
             })?;
-        Ok((executed.state, executed.revision))
+        Ok(executed)
     }
 
     async fn load_lesson(
@@ -680,22 +691,21 @@ impl LessonApplication {
         note: String,
         expected_revision: Option<u64>,
     ) -> Result<(pb::Lesson, bool), AppError> {
-        let had_outcome = self
-            .load_lesson(lesson_id)
-            .await?
-            .0
-            .lesson
-            .is_some_and(|l| l.outcome.is_some());
         let command = LessonCommand::MarkAttendance(MarkAttendance {
             attendance,
             note,
             actor: String::new(),
             now: Utc::now(),
         });
-        let (state, revision) = self.run(lesson_id, command, expected_revision).await?;
-        let lesson = lesson_with_revision(&state, revision)?;
-        let withdrawn = had_outcome && lesson.outcome.is_none();
-        Ok((lesson, withdrawn))
+        let executed = self.execute(lesson_id, command, expected_revision).await?;
+        // The event says whether the mark withdrew an outcome: no second read needed.
+        let withdrawn = executed.events.iter().any(|event| {
+            matches!(event, crate::domain::LessonEvent::AttendanceMarked(e) if e.outcome_withdrawn)
+        });
+        Ok((
+            lesson_with_revision(&executed.state, executed.revision)?,
+            withdrawn,
+        ))
     }
 
     /// RecordLessonOutcome.

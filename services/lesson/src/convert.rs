@@ -151,11 +151,6 @@ impl Fields {
         parsed
     }
 
-    /// A revision the client expects.
-    pub fn revision(value: Option<u64>) -> Option<u64> {
-        value
-    }
-
     /// The paths of an update mask, each checked against `allowed`.
     pub fn mask(&mut self, mask: Option<&prost_types::FieldMask>, allowed: &[&str]) -> Vec<String> {
         let paths = mask.map(|m| m.paths.clone()).unwrap_or_default();

@@ -78,21 +78,29 @@ pub fn parse_page_token(token: &str) -> Result<(i64, String), AppError> {
     Ok((start, id.to_owned()))
 }
 
+/// The `resource` column of the row whose `id_column` is `id`, or NOT_FOUND naming `kind`.
+async fn get_resource(
+    db: &ReadModelDb,
+    table: &str,
+    id_column: &str,
+    kind: &'static str,
+    id: Uuid,
+) -> Result<AnyRow, AppError> {
+    sqlx::query(&format!(
+        "SELECT resource FROM {table} WHERE {id_column} = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or_else(|| AppError::NotFound {
+        kind,
+        id: id.to_string(),
+    })
+}
+
 /// GetLesson.
 pub async fn get_lesson(db: &ReadModelDb, lesson_id: Uuid) -> Result<pb::Lesson, AppError> {
-    let row = sqlx::query(&format!(
-        "SELECT resource FROM {LESSONS_TABLE} WHERE lesson_id = $1"
-    ))
-    .bind(lesson_id.to_string())
-    .fetch_optional(db.pool())
-    .await?;
-    match row {
-        Some(row) => decode_lesson(&row),
-        None => Err(AppError::NotFound {
-            kind: "lesson",
-            id: lesson_id.to_string(),
-        }),
-    }
+    decode_lesson(&get_resource(db, LESSONS_TABLE, "lesson_id", "lesson", lesson_id).await?)
 }
 
 /// ListLessons: one page and the token of the next.
@@ -331,19 +339,7 @@ pub async fn following_lessons(
 
 /// GetSeries.
 pub async fn get_series(db: &ReadModelDb, series_id: Uuid) -> Result<pb::Series, AppError> {
-    let row = sqlx::query(&format!(
-        "SELECT resource FROM {SERIES_TABLE} WHERE series_id = $1"
-    ))
-    .bind(series_id.to_string())
-    .fetch_optional(db.pool())
-    .await?;
-    match row {
-        Some(row) => decode_series(&row),
-        None => Err(AppError::NotFound {
-            kind: "series",
-            id: series_id.to_string(),
-        }),
-    }
+    decode_series(&get_resource(db, SERIES_TABLE, "series_id", "series", series_id).await?)
 }
 
 /// ListSeries, newest first.

@@ -208,11 +208,6 @@ impl LessonAggregate {
     fn existing(&self) -> Result<&pb::Lesson, LessonError> {
         self.lesson.as_ref().ok_or(LessonError::NotFound)
     }
-
-    /// Start and end of the lesson.
-    pub fn interval(&self) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-        self.lesson.as_ref().map(interval_of)
-    }
 }
 
 /// Start and end of a lesson resource.

@@ -717,6 +717,46 @@ mod tests {
     }
 
     #[test]
+    fn marking_an_absence_after_an_outcome_withdraws_it() {
+        let later = now() + TimeDelta::hours(49);
+        let mark = |attendance| {
+            LessonCommand::MarkAttendance(MarkAttendance {
+                attendance,
+                note: String::new(),
+                actor: "t1".into(),
+                now: later,
+            })
+        };
+        let mut state = LessonAggregate::default();
+        state.evolve(&scheduled());
+        for command in [
+            mark(Attendance::Attended),
+            LessonCommand::RecordOutcome(RecordOutcome {
+                topic: String::new(),
+                skills: vec![],
+                mastery: pb::Mastery::Learned,
+                comment: String::new(),
+                actor: "t1".into(),
+                now: later,
+            }),
+        ] {
+            for event in state.decide(&command).unwrap_or_default() {
+                state.evolve(&event);
+            }
+        }
+        let events = state
+            .decide(&mark(Attendance::UnexcusedAbsence))
+            .unwrap_or_default();
+        let [LessonEvent::AttendanceMarked(marked)] = events.as_slice() else {
+            panic!("unexpected events {events:?}")
+        };
+        assert!(marked.outcome_withdrawn);
+        assert_eq!(marked.previous_attendance(), Attendance::Attended);
+        state.evolve(&events[0]);
+        assert!(state.lesson.as_ref().is_some_and(|l| l.outcome.is_none()));
+    }
+
+    #[test]
     fn an_outcome_needs_a_conducted_lesson() {
         given::<LessonAggregate>([scheduled()])
             .when(&LessonCommand::RecordOutcome(RecordOutcome {

@@ -157,6 +157,21 @@ def subject_prefix(value):
     return None
 
 
+def positive_number(value):
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return f"`{value}` is not a number"
+    return None if number >= 1 else "must be at least 1"
+
+
+def positive_duration(value):
+    seconds = duration_seconds(value)
+    if seconds is None:
+        return f"`{value}` is not a duration like 10s"
+    return None if seconds > 0 else "must be positive"
+
+
 def batch_size(value):
     try:
         number = int(value)
@@ -181,6 +196,23 @@ CONFIG_KEYS = {
              "subject_prefix": subject_prefix},
     "projections": {"feed": one_of("auto", "store", "jetstream"), "batch_size": batch_size},
     "auth": {"issuer": non_empty, "audience": non_empty, "key_encryption_key_file": non_empty},
+    # Nested keys (gateway.upstreams.<service>, gateway.rate_limit.<key>) as their environment
+    # form spells them after the section: REPIT_GATEWAY__UPSTREAMS__LESSON.
+    "gateway": {
+        "concurrency_limit": positive_number,
+        "default_deadline": positive_duration,
+        "max_deadline": positive_duration,
+        "connect_timeout": positive_duration,
+        "cors_allowed_origins": non_empty,
+        **{f"upstreams__{service}": url_schemes("http://", "https://", empty_ok=False)
+           for service in ("user", "student", "tutor", "lesson", "homework", "payment",
+                           "material", "notification", "analytics")},
+        "rate_limit__enabled": one_of("true", "false"),
+        "rate_limit__burst": positive_number,
+        "rate_limit__refill_tokens": positive_number,
+        "rate_limit__refill_period": positive_duration,
+        "rate_limit__max_tracked_callers": positive_number,
+    },
 }
 
 

@@ -1,8 +1,44 @@
-//! The gateway service: the API gateway: routing, authentication, rate limits, gRPC-web (PRODUCT.md §10).
+//! The API gateway (PRODUCT.md §10, ADR 11): the one entry point of RepitBot. It routes each gRPC
+//! service to its upstream, authenticates at the edge, rate-limits per caller, sheds load,
+//! applies deadlines, tags requests with ids and trace context, and serves gRPC-web with CORS.
 //!
-//! Status: contract only. `proto/repit/gateway/v1/` defines every RPC, and `repitd` mounts this
-//! service so it is listed by reflection and health, but each RPC answers UNIMPLEMENTED naming
-//! itself until this crate implements it (domain, application, gRPC adapter, read models).
+//! Everything is a tower layer over `http` requests with tonic bodies, so `repitd` puts the same
+//! [`Edge`] in front of upstreams (`--target gateway`) or of the services in its own process
+//! (`--target all`, no hop).
+//!
+//! - [`edge`]: [`Edge`], the composed stack, and why each layer sits where it does.
+//! - [`route`]: [`RouteTable`]: which service is local and which upstream serves the rest.
+//! - [`proxy`]: forwarding a call to its upstream, bodies streaming both ways; UNIMPLEMENTED
+//!   for a service nobody serves.
+//! - [`rate_limit`]: per-caller token buckets in bounded memory (RESOURCE_EXHAUSTED, RATE_LIMITED).
+//! - [`shed`]: refusing calls beyond the concurrency limit at once (RESOURCE_EXHAUSTED, OVERLOADED).
+//! - [`deadline`]: default and maximum deadlines (DEADLINE_EXCEEDED).
+//! - [`request_id`]: `x-request-id` and `traceparent`.
+//! - [`keys`]: [`RemoteKeys`], verifying keys from the user service's `GetPublicKeys`, refreshed;
+//!   for any process that verifies tokens without holding the key ring.
+//! - [`grpc`]: `repit.gateway.v1.GatewayService` (routes, upstreams, load, quota).
+//! - [`errors`]: the statuses the gateway answers itself.
+
+pub mod deadline;
+pub mod edge;
+pub mod errors;
+pub mod grpc;
+pub mod keys;
+pub mod proxy;
+pub mod rate_limit;
+pub mod request_id;
+pub mod route;
+pub mod shed;
+
+pub use deadline::{DeadlineLayer, DeadlinePolicy};
+pub use edge::{Edge, EdgeService};
+pub use grpc::GatewayGrpc;
+pub use keys::RemoteKeys;
+pub use proxy::{ProxyLayer, RouteCheckLayer};
+pub use rate_limit::{Policy, RateLimitLayer, RateLimiter};
+pub use request_id::RequestIdLayer;
+pub use route::{RouteTable, UpstreamSpec};
+pub use shed::{LoadMeter, LoadShedLayer};
 
 /// Fully qualified gRPC name of the service this crate implements.
 pub const GRPC_SERVICE: &str =

@@ -29,6 +29,7 @@ pub struct Config {
     pub nats: NatsConfig,
     pub projections: ProjectionsConfig,
     pub auth: AuthConfig,
+    pub gateway: GatewayConfig,
 }
 
 /// Access tokens: who issues them, for whom, and the key that seals the signing keys.
@@ -341,6 +342,7 @@ impl Config {
         if self.projections.batch_size == 0 || self.projections.batch_size > 10_000 {
             problems.push("projections.batch_size: must be 1..=10000".to_owned());
         }
+        self.gateway.check(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -355,6 +357,157 @@ impl Config {
 }
 
 const MAX_GRACE: Duration = Duration::from_secs(600);
+
+pub use gateway::{GATEWAY_UPSTREAM_NAMES, GatewayConfig, RateLimitConfig};
+
+/// The `gateway` section, kept in its own module so the gateway's settings and their rules read
+/// together (and merge apart from the other sections).
+mod gateway {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+
+    /// The names an upstream may have: the services `repitd --target` runs (the gateway itself
+    /// is never an upstream).
+    pub const GATEWAY_UPSTREAM_NAMES: [&str; 9] = [
+        "user",
+        "student",
+        "tutor",
+        "lesson",
+        "homework",
+        "payment",
+        "material",
+        "notification",
+        "analytics",
+    ];
+
+    /// The API gateway (PRODUCT.md §10, ADR 11): where each service is, and the edge policies
+    /// (rate limit, load shedding, deadlines, CORS). The policies also apply in-process when the
+    /// gateway runs with the services (`--target all`).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct GatewayConfig {
+        /// Upstream URL per service name (`lesson = "http://lesson:50051"`); a service that is
+        /// neither listed nor served by this process is not routed (UNIMPLEMENTED).
+        pub upstreams: BTreeMap<String, String>,
+        /// Calls in flight at which new ones are refused at once (RESOURCE_EXHAUSTED, OVERLOADED).
+        pub concurrency_limit: u32,
+        /// The deadline of a call that sets no `grpc-timeout`.
+        #[serde(with = "humantime_serde")]
+        pub default_deadline: Duration,
+        /// Longer caller deadlines are cut to this (server-streaming `Watch…` methods excepted).
+        #[serde(with = "humantime_serde")]
+        pub max_deadline: Duration,
+        /// How long connecting to an upstream may take before the call is UNAVAILABLE.
+        #[serde(with = "humantime_serde")]
+        pub connect_timeout: Duration,
+        /// Browser origins allowed to call through gRPC-web (`https://app.example.com`); `*`
+        /// allows any. Empty: no cross-origin browser calls.
+        pub cors_allowed_origins: Vec<String>,
+        pub rate_limit: RateLimitConfig,
+    }
+
+    impl Default for GatewayConfig {
+        fn default() -> Self {
+            Self {
+                upstreams: BTreeMap::new(),
+                concurrency_limit: 1024,
+                default_deadline: Duration::from_secs(30),
+                max_deadline: Duration::from_secs(300),
+                connect_timeout: Duration::from_secs(2),
+                cors_allowed_origins: Vec::new(),
+                rate_limit: RateLimitConfig::default(),
+            }
+        }
+    }
+
+    /// The per-caller token bucket: each caller (user id, or client address when anonymous)
+    /// may make `burst` calls at once and `refill_tokens` more every `refill_period`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct RateLimitConfig {
+        /// Off: no caller is limited (shedding still applies).
+        pub enabled: bool,
+        pub burst: u32,
+        pub refill_tokens: u32,
+        #[serde(with = "humantime_serde")]
+        pub refill_period: Duration,
+        /// Most callers tracked at once; bounds the limiter's memory (about 100 bytes each).
+        pub max_tracked_callers: u32,
+    }
+
+    impl Default for RateLimitConfig {
+        fn default() -> Self {
+            Self {
+                enabled: true,
+                burst: 200,
+                refill_tokens: 100,
+                refill_period: Duration::from_secs(1),
+                max_tracked_callers: 100_000,
+            }
+        }
+    }
+
+    impl GatewayConfig {
+        pub(super) fn check(&self, problems: &mut Vec<String>) {
+            for (name, url) in &self.upstreams {
+                if !GATEWAY_UPSTREAM_NAMES.contains(&name.as_str()) {
+                    problems.push(format!(
+                        "gateway.upstreams.{name}: not a service; expected one of {}",
+                        GATEWAY_UPSTREAM_NAMES.join(", ")
+                    ));
+                }
+                let valid = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"))
+                    .is_some_and(|rest| !rest.is_empty())
+                    && url.parse::<http::Uri>().is_ok();
+                if !valid {
+                    problems.push(format!(
+                        "gateway.upstreams.{name}: `{url}` must be an http:// or https:// URL"
+                    ));
+                }
+            }
+            if self.concurrency_limit == 0 {
+                problems.push("gateway.concurrency_limit: must be at least 1".to_owned());
+            }
+            if self.default_deadline.is_zero() || self.max_deadline.is_zero() {
+                problems.push(
+                    "gateway.default_deadline / gateway.max_deadline: must be positive".to_owned(),
+                );
+            } else if self.default_deadline > self.max_deadline {
+                problems.push(
+                    "gateway.default_deadline: must not exceed gateway.max_deadline".to_owned(),
+                );
+            }
+            if self.connect_timeout.is_zero() {
+                problems.push("gateway.connect_timeout: must be positive".to_owned());
+            }
+            for origin in &self.cors_allowed_origins {
+                let valid = origin == "*"
+                    || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                        && !origin.ends_with('/')
+                        && http::HeaderValue::from_str(origin).is_ok());
+                if !valid {
+                    problems.push(format!(
+                        "gateway.cors_allowed_origins: `{origin}` must be `*` or scheme://host[:port] without a trailing slash"
+                    ));
+                }
+            }
+            let limit = &self.rate_limit;
+            if limit.burst == 0 || limit.refill_tokens == 0 || limit.refill_period.is_zero() {
+                problems.push(
+                    "gateway.rate_limit: burst, refill_tokens and refill_period must be positive"
+                        .to_owned(),
+                );
+            }
+            if limit.max_tracked_callers < 16 {
+                problems.push("gateway.rate_limit.max_tracked_callers: must be at least 16".to_owned());
+            }
+        }
+    }
+}
 
 fn check_readable(path: &Path) -> Result<(), ConfigError> {
     std::fs::metadata(path).map(|_| ()).map_err(|e| {
@@ -483,6 +636,28 @@ mod tests {
         Jail::expect_with(|_| {
             let message = problems(Config::load(Some(Path::new("nowhere.toml"))));
             assert!(message.contains("nowhere.toml"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn gateway_upstreams_and_limits_come_from_the_environment_and_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env("REPIT_GATEWAY__UPSTREAMS__USER", "http://127.0.0.1:7001");
+            jail.set_env("REPIT_GATEWAY__RATE_LIMIT__BURST", "3");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.gateway.upstreams.get("user").map(String::as_str),
+                Some("http://127.0.0.1:7001")
+            );
+            assert_eq!(config.gateway.rate_limit.burst, 3);
+            jail.set_env("REPIT_GATEWAY__UPSTREAMS__BILLING", "http://x:1");
+            jail.set_env("REPIT_GATEWAY__UPSTREAMS__LESSON", "lesson:50051");
+            jail.set_env("REPIT_GATEWAY__DEFAULT_DEADLINE", "10m");
+            let message = problems(Config::load(None));
+            assert!(message.contains("gateway.upstreams.billing"), "{message}");
+            assert!(message.contains("gateway.upstreams.lesson"), "{message}");
+            assert!(message.contains("gateway.default_deadline"), "{message}");
             Ok(())
         });
     }

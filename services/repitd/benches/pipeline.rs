@@ -429,7 +429,12 @@ impl Mode {
         let server = spawn_server(
             repitd(),
             &["serve"],
-            &[("REPIT_STORAGE__DATA_DIR", data_dir.as_str())],
+            &[
+                ("REPIT_STORAGE__DATA_DIR", data_dir.as_str()),
+                // One client drives thousands of commands a second: the per-caller limit of
+                // the in-process gateway would measure itself, not the pipeline.
+                ("REPIT_GATEWAY__RATE_LIMIT__ENABLED", "false"),
+            ],
         )
         .await;
         Self {

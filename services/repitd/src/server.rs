@@ -22,12 +22,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::service::Routes;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::contracts::ContractIndex;
+use crate::gateway::Gateway;
 use crate::targets::{Component, TargetSet, Worker};
 use crate::{backends, pipeline};
 
@@ -108,6 +108,7 @@ pub async fn start(
     {
         workers.push(worker);
     }
+    let gateway = open_gateway(config, targets, &services, local_addr, &shutdown, &mut workers).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let mut routes = Routes::new(health_service);
@@ -121,6 +122,10 @@ pub async fn start(
             ),
             (Component::User, _) => match &services.user {
                 Some(user) => mount_user(routes, config, user).await?,
+                None => mount_unimplemented(routes, component, &contracts)?,
+            },
+            (Component::Gateway, _) => match &gateway {
+                Some(gateway) => gateway.mount(routes),
                 None => mount_unimplemented(routes, component, &contracts)?,
             },
             _ => mount_unimplemented(routes, component, &contracts)?,
@@ -139,13 +144,8 @@ pub async fn start(
             mark_not_serving(&health, &targets).await;
         }
     };
-    let task = tokio::spawn(async move {
-        Server::builder()
-            .add_routes(routes.prepare())
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .context("gRPC server failed")
-    });
+    let edge = gateway.as_ref().map(Gateway::edge);
+    let task = tokio::spawn(crate::gateway::serve(routes, edge, incoming, signal));
     tracing::info!(address = %local_addr, targets = %targets, "listening");
     Ok(RunningServer {
         local_addr,
@@ -320,6 +320,31 @@ async fn mount_user(
     let auth = AuthLayer::new(verifier).public(repit_user::grpc::PUBLIC_METHODS);
     let service = UserGrpc::new(user.clone(), config.auth.issuer.clone()).into_server();
     Ok(routes.add_service(RequestContextLayer.layer(auth.layer(service))))
+}
+
+/// The gateway when it is a target (its key refresher joins the workers), over every gRPC
+/// service this process serves.
+async fn open_gateway(
+    config: &Config,
+    targets: &TargetSet,
+    services: &Services,
+    local_addr: SocketAddr,
+    shutdown: &CancellationToken,
+    workers: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Option<Gateway>> {
+    let local = [HEALTH_SERVICE]
+        .into_iter()
+        .chain(REFLECTION_SERVICES)
+        .chain(targets.components().iter().map(|c| c.grpc_service()))
+        .map(str::to_owned)
+        .collect();
+    let instance = format!("repitd@{local_addr}");
+    let opened = Gateway::open(config, targets, local, services.user.as_ref(), instance, shutdown)
+        .await?;
+    Ok(opened.map(|(gateway, refresher)| {
+        workers.extend(refresher);
+        gateway
+    }))
 }
 
 /// Whether the relay runs: named explicitly, or part of `all` with NATS configured.

@@ -1,0 +1,197 @@
+//! The gateway in `repitd` (ADR 11): builds the [`Edge`] from the `gateway` configuration section
+//! and the targets, mounts `GatewayService`, and serves the tonic server through the edge.
+//!
+//! Whenever the gateway is a target (alone, or within `all`) the edge wraps the whole server:
+//! calls to services mounted here are served in-process, calls to services with a configured
+//! upstream are forwarded, and every other service is UNIMPLEMENTED. The edge authenticates only
+//! when it forwards (in-process services authenticate themselves); the rate limiter then names
+//! the caller from the token itself.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use repit_gateway::deadline::DeadlinePolicy;
+use repit_gateway::{Edge, GatewayGrpc, LoadMeter, RateLimiter, RemoteKeys, RouteTable, UpstreamSpec};
+use repit_platform::auth::{AuthLayer, KeySet, Verifier};
+use repit_platform::{Config, RequestContextLayer};
+use repit_user::application::UserApplication;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tower::Layer;
+
+use crate::targets::{Component, TargetSet};
+
+/// The gateway of one process: its edge, and the key refresher when keys come from afar.
+#[derive(Debug)]
+pub(crate) struct Gateway {
+    edge: Edge,
+    verifier: Arc<Verifier>,
+    public: Vec<String>,
+    instance: String,
+}
+
+/// Methods callable without a token, across every service the gateway can route.
+fn public_methods() -> Vec<String> {
+    repit_user::grpc::PUBLIC_METHODS
+        .iter()
+        .chain(repit_gateway::grpc::PUBLIC_METHODS.iter())
+        .map(|method| (*method).to_owned())
+        .collect()
+}
+
+impl Gateway {
+    /// The gateway for `targets`, if it is one of them. `local` names every gRPC service this
+    /// process serves; `user` is the in-process user service, whose key ring then verifies
+    /// tokens (otherwise the keys come from the user upstream, refreshed by a task returned here).
+    pub(crate) async fn open(
+        config: &Config,
+        targets: &TargetSet,
+        local: Vec<String>,
+        user: Option<&UserApplication>,
+        instance: String,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<(Self, Option<JoinHandle<()>>)>> {
+        if !targets.components().contains(&Component::Gateway) {
+            return Ok(None);
+        }
+        let settings = &config.gateway;
+        let upstreams = settings.upstreams.iter().map(|(name, url)| {
+            let services = Component::ALL
+                .into_iter()
+                .filter(|component| component.name() == name)
+                .map(|component| component.grpc_service().to_owned())
+                .collect();
+            UpstreamSpec {
+                name: name.clone(),
+                url: url.clone(),
+                services,
+            }
+        });
+        let public = public_methods();
+        let table = Arc::new(
+            RouteTable::new(local, upstreams, public.clone(), settings.connect_timeout)
+                .context("failed to set up the gateway's upstreams")?,
+        );
+
+        let verifier = Arc::new(Verifier::new(
+            config.auth.issuer.clone(),
+            config.auth.audience.clone(),
+            KeySet::default(),
+        ));
+        let mut refresher = None;
+        if let Some(user) = user {
+            let keys = user
+                .keys()
+                .key_set(chrono::Utc::now())
+                .await
+                .context("failed to read the verifying keys")?;
+            verifier.replace_keys(keys);
+        } else if let Some(upstream) = table.upstream("user") {
+            let remote = RemoteKeys::new(Arc::clone(&verifier), upstream.channel());
+            // The first fetch before serving, so tokens verify from the first call; if the user
+            // service is not up yet, the refresher keeps trying and protected calls are refused
+            // until it succeeds.
+            if let Err(error) = remote.fetch().await {
+                tracing::warn!(error = %error, "no verifying keys yet; retrying in the background");
+            }
+            refresher = Some(remote.spawn(shutdown.clone()));
+        } else {
+            tracing::warn!(
+                "the gateway has no user service (gateway.upstreams.user): protected calls are refused"
+            );
+        }
+
+        let forwards = !table.proxied().is_empty();
+        let auth = forwards
+            .then(|| AuthLayer::new(Arc::clone(&verifier)).public(public.iter().cloned()));
+        let limits = &settings.rate_limit;
+        let limiter = limits.enabled.then(|| {
+            Arc::new(RateLimiter::new(
+                repit_gateway::Policy {
+                    burst: limits.burst,
+                    refill_tokens: limits.refill_tokens,
+                    refill_period: limits.refill_period,
+                },
+                usize::try_from(limits.max_tracked_callers).unwrap_or(usize::MAX),
+            ))
+        });
+        let edge = Edge {
+            table,
+            meter: Arc::new(LoadMeter::new(settings.concurrency_limit)),
+            limiter,
+            auth,
+            verifier: (!forwards).then(|| Arc::clone(&verifier)),
+            deadlines: DeadlinePolicy {
+                default: settings.default_deadline,
+                max: settings.max_deadline,
+            },
+            cors_allowed_origins: settings.cors_allowed_origins.clone(),
+        };
+        tracing::info!(
+            routed = ?edge.table.proxied().keys().collect::<Vec<_>>(),
+            edge_auth = forwards,
+            "gateway ready"
+        );
+        Ok(Some((
+            Self {
+                edge,
+                verifier,
+                public,
+                instance,
+            },
+            refresher,
+        )))
+    }
+
+    /// Mounts `GatewayService` behind its own authentication (admin RPCs need a caller even
+    /// in-process, where the edge does not authenticate).
+    pub(crate) fn mount(&self, routes: Routes) -> Routes {
+        let service = GatewayGrpc::new(
+            Arc::clone(&self.edge.table),
+            Arc::clone(&self.edge.meter),
+            self.edge.limiter.clone(),
+            self.edge.deadlines,
+            self.instance.clone(),
+        )
+        .into_server();
+        let auth = AuthLayer::new(Arc::clone(&self.verifier)).public(self.public.iter().cloned());
+        routes.add_service(RequestContextLayer.layer(auth.layer(service)))
+    }
+
+    /// The edge to serve through.
+    pub(crate) fn edge(&self) -> Edge {
+        self.edge.clone()
+    }
+}
+
+/// Serves `routes` until `signal`, through the gateway's edge when there is one (HTTP/1.1 is
+/// then accepted too, for gRPC-web).
+pub(crate) async fn serve(
+    routes: Routes,
+    edge: Option<Edge>,
+    incoming: TcpIncoming,
+    signal: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let routes = routes.prepare();
+    match edge {
+        Some(edge) => {
+            Server::builder()
+                .accept_http1(true)
+                .layer(edge)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+        }
+        None => {
+            Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+        }
+    }
+    .context("gRPC server failed")
+}

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use repit_gateway::deadline::DeadlinePolicy;
 use repit_gateway::{Edge, LoadMeter, Policy, ProxyLayer, RateLimiter, RouteTable, UpstreamSpec};
-use repit_platform::auth::{AuthLayer, KeySet, Role, RoleClaim, SigningKey, Subject, TokenIssuer, Verifier};
+use repit_platform::auth::{
+    AuthLayer, KeySet, Role, RoleClaim, SigningKey, Subject, TokenIssuer, Verifier,
+};
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -70,7 +72,10 @@ async fn listener() -> (SocketAddr, TcpIncoming) {
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
-    (address, TcpIncoming::from(listener).with_nodelay(Some(true)))
+    (
+        address,
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+    )
 }
 
 async fn echo_server() -> SocketAddr {
@@ -230,7 +235,10 @@ fn token() -> (Arc<Verifier>, String) {
         amr: vec!["pwd".into()],
         auth_time: Utc::now(),
     };
-    let token = issuer.issue(&key, &subject, Utc::now()).expect("token").token;
+    let token = issuer
+        .issue(&key, &subject, Utc::now())
+        .expect("token")
+        .token;
     let keys = KeySet::new([key.verifying()]).expect("key set");
     (Arc::new(Verifier::new("repit", "repit", keys)), token)
 }
@@ -266,7 +274,11 @@ fn write_section(section: &str) {
     let block = format!("{begin}\n{section}{end}\n");
     let updated = match (current.find(begin), current.find(end)) {
         (Some(b), Some(e)) if b < e => {
-            format!("{}{block}{}", &current[..b], current[e + end.len()..].trim_start_matches('\n'))
+            format!(
+                "{}{block}{}",
+                &current[..b],
+                current[e + end.len()..].trim_start_matches('\n')
+            )
         }
         _ => format!("{}\n{block}", current.trim_end()),
     };
@@ -277,7 +289,11 @@ fn write_section(section: &str) {
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
-    let (warm_up, calls, rounds) = if quick { (100, 200, 2) } else { (1_000, 2_500, 8) };
+    let (warm_up, calls, rounds) = if quick {
+        (100, 200, 2)
+    } else {
+        (1_000, 2_500, 8)
+    };
     let echo = echo_server().await;
     let (verifier, token) = token();
     let auth = AuthLayer::new(verifier);
@@ -287,11 +303,41 @@ async fn main() {
     let gateway_auth = client(full_gateway(echo, Some(auth)).await).await;
     let direct_token = client(echo).await;
     let mut targets = vec![
-        Target { label: "direct to the echo server", client: direct, token: None, latencies_ns: Vec::new(), errors: 0 },
-        Target { label: "direct, with the token sent anyway", client: direct_token, token: Some(token.clone()), latencies_ns: Vec::new(), errors: 0 },
-        Target { label: "through the proxy alone (routing, forwarding)", client: proxied, token: None, latencies_ns: Vec::new(), errors: 0 },
-        Target { label: "through the gateway edge, auth off", client: gateway, token: None, latencies_ns: Vec::new(), errors: 0 },
-        Target { label: "through the gateway edge, auth on", client: gateway_auth, token: Some(token), latencies_ns: Vec::new(), errors: 0 },
+        Target {
+            label: "direct to the echo server",
+            client: direct,
+            token: None,
+            latencies_ns: Vec::new(),
+            errors: 0,
+        },
+        Target {
+            label: "direct, with the token sent anyway",
+            client: direct_token,
+            token: Some(token.clone()),
+            latencies_ns: Vec::new(),
+            errors: 0,
+        },
+        Target {
+            label: "through the proxy alone (routing, forwarding)",
+            client: proxied,
+            token: None,
+            latencies_ns: Vec::new(),
+            errors: 0,
+        },
+        Target {
+            label: "through the gateway edge, auth off",
+            client: gateway,
+            token: None,
+            latencies_ns: Vec::new(),
+            errors: 0,
+        },
+        Target {
+            label: "through the gateway edge, auth on",
+            client: gateway_auth,
+            token: Some(token),
+            latencies_ns: Vec::new(),
+            errors: 0,
+        },
     ];
     for target in &mut targets {
         for _ in 0..warm_up {
@@ -316,7 +362,13 @@ async fn main() {
     for target in &mut targets {
         let p50 = target.percentile_us(0.50);
         let p99 = target.percentile_us(0.99);
-        rows.push((target.label, p50, p99, target.latencies_ns.len(), target.errors));
+        rows.push((
+            target.label,
+            p50,
+            p99,
+            target.latencies_ns.len(),
+            target.errors,
+        ));
     }
     let (base50, base99) = (rows[0].1, rows[0].2);
     let (token50, token99) = (rows[1].1, rows[1].2);
@@ -333,7 +385,11 @@ async fn main() {
     ));
     out.push_str("| path | p50 | p99 | added p50 / p99 | ok / errors |\n|---|---|---|---|---|\n");
     for (i, (label, p50, p99, ok, errors)) in rows.iter().enumerate() {
-        let (b50, b99) = if i == 4 || i == 1 { (token50, token99) } else { (base50, base99) };
+        let (b50, b99) = if i == 4 || i == 1 {
+            (token50, token99)
+        } else {
+            (base50, base99)
+        };
         let added = if i <= 1 {
             "—".to_owned()
         } else {

@@ -117,8 +117,7 @@ pub struct Deadline<S> {
 }
 
 /// The future of [`Deadline`].
-pub type DeadlineFuture<E> =
-    Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
+pub type DeadlineFuture<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
 
 impl<S> Service<http::Request<Body>> for Deadline<S>
 where
@@ -251,6 +250,9 @@ mod tests {
             .expect("request");
         let response = service.call(request).await.expect("infallible");
         let seen = response.headers().get("seen").expect("forwarded");
-        assert_eq!(parse_grpc_timeout(seen.to_str().expect("ascii")), Some(POLICY.max));
+        assert_eq!(
+            parse_grpc_timeout(seen.to_str().expect("ascii")),
+            Some(POLICY.max)
+        );
     }
 }

@@ -28,7 +28,7 @@ use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 use crate::deadline::{Deadline, DeadlineLayer, DeadlinePolicy};
 use crate::proxy::{Proxy, ProxyLayer, RouteCheck, RouteCheckLayer};
 use crate::rate_limit::{
-    LIMIT_HEADER, RESET_HEADER, REMAINING_HEADER, RateLimit, RateLimitLayer, RateLimiter,
+    LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER, RateLimit, RateLimitLayer, RateLimiter,
 };
 use crate::request_id::{RequestId, RequestIdLayer};
 use crate::route::RouteTable;
@@ -111,7 +111,8 @@ impl<S> Layer<S> for Edge {
 
     fn layer(&self, local: S) -> Self::Service {
         let limited = RateLimitLayer::new(self.limiter.clone(), self.verifier.clone()).layer(
-            DeadlineLayer::new(self.deadlines).layer(ProxyLayer::new(Arc::clone(&self.table)).layer(local)),
+            DeadlineLayer::new(self.deadlines)
+                .layer(ProxyLayer::new(Arc::clone(&self.table)).layer(local)),
         );
         let authenticated = match &self.auth {
             Some(auth) => Either::Left(auth.layer(limited)),

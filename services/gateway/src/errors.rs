@@ -77,10 +77,7 @@ pub fn no_route(path: &str) -> Status {
 
 /// DEADLINE_EXCEEDED: the call's deadline (the caller's, or the gateway's default) passed.
 pub fn deadline_exceeded(deadline: Duration) -> Status {
-    Status::deadline_exceeded(format!(
-        "deadline of {} ms exceeded",
-        deadline.as_millis()
-    ))
+    Status::deadline_exceeded(format!("deadline of {} ms exceeded", deadline.as_millis()))
 }
 
 /// `status` as a trailers-only gRPC response.

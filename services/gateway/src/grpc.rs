@@ -82,7 +82,10 @@ fn duration(value: Duration) -> Option<prost_types::Duration> {
 }
 
 /// One page of `items` (a tiny list: the offset is the page token).
-fn page<T>(mut items: Vec<T>, request: Option<&PageRequest>) -> Result<(Vec<T>, PageResponse), Status> {
+fn page<T>(
+    mut items: Vec<T>,
+    request: Option<&PageRequest>,
+) -> Result<(Vec<T>, PageResponse), Status> {
     let size = request
         .map(|p| usize::try_from(p.page_size).unwrap_or(0))
         .filter(|size| *size > 0)
@@ -94,13 +97,24 @@ fn page<T>(mut items: Vec<T>, request: Option<&PageRequest>) -> Result<(Vec<T>, 
             .parse::<usize>()
             .ok()
             .filter(|offset| *offset <= items.len())
-            .ok_or_else(|| Status::invalid_argument("page_token is not a token this gateway gave"))?,
+            .ok_or_else(|| {
+                Status::invalid_argument("page_token is not a token this gateway gave")
+            })?,
     };
     let end = (offset + size).min(items.len());
-    let next = if end < items.len() { end.to_string() } else { String::new() };
+    let next = if end < items.len() {
+        end.to_string()
+    } else {
+        String::new()
+    };
     items.truncate(end);
     let items = items.into_iter().skip(offset).collect();
-    Ok((items, PageResponse { next_page_token: next }))
+    Ok((
+        items,
+        PageResponse {
+            next_page_token: next,
+        },
+    ))
 }
 
 fn health(health: Health) -> pb::UpstreamHealth {
@@ -178,7 +192,10 @@ impl GatewayService for GatewayGrpc {
     ) -> Result<Response<pb::ListUpstreamsResponse>, Status> {
         require_admin(&request)?;
         let names = &request.get_ref().names;
-        if let Some(unknown) = names.iter().find(|name| self.table.upstream(name).is_none()) {
+        if let Some(unknown) = names
+            .iter()
+            .find(|name| self.table.upstream(name).is_none())
+        {
             return Err(Status::not_found(format!("no upstream is named {unknown}")));
         }
         let upstreams: Vec<pb::Upstream> = self
@@ -260,7 +277,9 @@ impl GatewayService for GatewayGrpc {
     }
 
     type WatchUpstreamHealthStream = Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<pb::WatchUpstreamHealthResponse, Status>> + Send>,
+        Box<
+            dyn tokio_stream::Stream<Item = Result<pb::WatchUpstreamHealthResponse, Status>> + Send,
+        >,
     >;
 
     async fn watch_upstream_health(

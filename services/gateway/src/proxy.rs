@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::deadline::{GRPC_TIMEOUT, parse_grpc_timeout};
 use crate::errors;
 use crate::route::{RouteTable, Upstream};
 
@@ -58,7 +59,8 @@ pub struct Proxy<S> {
 }
 
 /// The future of [`Proxy`].
-pub type ProxyFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+pub type ProxyFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
 impl<S> Service<http::Request<Body>> for Proxy<S>
 where
@@ -98,20 +100,44 @@ pub async fn forward(
         headers.remove(name);
     }
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    let deadline = headers
+        .get(GRPC_TIMEOUT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .unwrap_or_default();
     let _call = upstream.enter();
     match upstream.channel().oneshot(request).await {
         Ok(response) => {
             upstream.record(Ok(()));
             Ok(response)
         }
+        Err(error) if timed_out(&error) => {
+            // The channel enforces the `grpc-timeout` the deadline layer set: the upstream did
+            // not answer in time, which is not the upstream being down.
+            Ok(errors::response(&errors::deadline_exceeded(deadline)))
+        }
         Err(error) => {
             let cause = std::error::Error::source(&error)
                 .map_or_else(|| error.to_string(), |source| format!("{error}: {source}"));
             tracing::warn!(upstream = upstream.name(), error = %cause, "upstream unreachable");
             upstream.record(Err(cause));
-            Ok(errors::response(&errors::upstream_unavailable(upstream.name())))
+            Ok(errors::response(&errors::upstream_unavailable(
+                upstream.name(),
+            )))
         }
     }
+}
+
+/// Whether `error` (or one of its causes) is the channel's deadline expiring.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Answers UNIMPLEMENTED for a path whose service no route serves.

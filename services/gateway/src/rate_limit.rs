@@ -122,8 +122,8 @@ impl RateLimiter {
     pub fn check(&self, subject: &Subject, now: Instant) -> Quota {
         let interval = self.policy.interval();
         let capacity = interval.saturating_mul(u64::from(self.policy.burst));
-        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
-            .unwrap_or(u64::MAX);
+        let now =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         // Shard by a keyed hash, so callers cannot aim at one shard.
         let index = (self.hasher.hash_one(subject) as usize) % SHARDS;
         let mut shard = self.shards[index]
@@ -142,7 +142,9 @@ impl RateLimiter {
                     .unwrap_or(u32::MAX),
                 full_in: Duration::from_nanos(used),
                 retry_after: Duration::from_nanos(
-                    (tat_after + interval).saturating_sub(capacity).saturating_sub(now),
+                    (tat_after + interval)
+                        .saturating_sub(capacity)
+                        .saturating_sub(now),
                 ),
             }
         };
@@ -202,8 +204,7 @@ pub struct RateLimit<S> {
 }
 
 /// The future of [`RateLimit`].
-pub type RateLimitFuture<E> =
-    Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
+pub type RateLimitFuture<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
 
 /// Whom `request` is counted for.
 pub fn subject_of(request: &http::Request<Body>, verifier: Option<&Verifier>) -> Subject {
@@ -211,8 +212,8 @@ pub fn subject_of(request: &http::Request<Body>, verifier: Option<&Verifier>) ->
         return Subject::User(caller.user_id.as_str().into());
     }
     if let Some(verifier) = verifier
-        && let Ok(caller) = bearer_token(request.headers())
-            .and_then(|token| verifier.verify(token, Utc::now()))
+        && let Ok(caller) =
+            bearer_token(request.headers()).and_then(|token| verifier.verify(token, Utc::now()))
     {
         return Subject::User(caller.user_id.into());
     }
@@ -305,7 +306,11 @@ mod tests {
         assert_eq!(refused.retry_after, Duration::from_secs(1));
         assert_eq!(refused.full_in, Duration::from_secs(3));
         // Half a period later: still nothing; a full period later: one token.
-        assert!(!limiter.check(&user("a"), start + Duration::from_millis(500)).allowed);
+        assert!(
+            !limiter
+                .check(&user("a"), start + Duration::from_millis(500))
+                .allowed
+        );
         let later = limiter.check(&user("a"), start + Duration::from_millis(1000));
         assert!(later.allowed);
         assert_eq!(later.remaining, 0);

@@ -34,8 +34,7 @@ pub struct RequestId<S> {
 }
 
 /// The future of [`RequestId`].
-pub type RequestIdFuture<E> =
-    Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
+pub type RequestIdFuture<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
 
 /// A fresh `traceparent`: version 00, random trace and parent ids, sampled.
 pub fn new_traceparent() -> String {
@@ -145,11 +144,17 @@ mod tests {
             .expect("request");
         let response = service.call(request).await.expect("infallible");
         assert_eq!(
-            response.headers().get(REQUEST_ID_HEADER).map(|v| v.as_bytes()),
+            response
+                .headers()
+                .get(REQUEST_ID_HEADER)
+                .map(|v| v.as_bytes()),
             Some(&b"req-42"[..])
         );
         assert_eq!(
-            response.headers().get("seen-traceparent").map(|v| v.as_bytes()),
+            response
+                .headers()
+                .get("seen-traceparent")
+                .map(|v| v.as_bytes()),
             Some(traceparent.as_bytes())
         );
     }

@@ -56,7 +56,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn open(spec: UpstreamSpec, connect_timeout: Duration) -> Result<Self, tonic::transport::Error> {
+    fn open(
+        spec: UpstreamSpec,
+        connect_timeout: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(spec.url.clone())?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
@@ -177,9 +180,7 @@ impl RouteTable {
                         .insert(service.clone(), Arc::clone(&upstream));
                 }
             }
-            table
-                .upstreams
-                .insert(upstream.name().to_owned(), upstream);
+            table.upstreams.insert(upstream.name().to_owned(), upstream);
         }
         Ok(table)
     }
@@ -191,8 +192,9 @@ impl RouteTable {
 
     /// Whether some route (here or upstream) serves `path`'s service.
     pub fn serves(&self, path: &str) -> bool {
-        service_of(path)
-            .is_some_and(|service| self.local.contains(service) || self.by_service.contains_key(service))
+        service_of(path).is_some_and(|service| {
+            self.local.contains(service) || self.by_service.contains_key(service)
+        })
     }
 
     /// Services served in this process.
@@ -261,7 +263,11 @@ mod tests {
             Duration::from_secs(1),
         )
         .expect("table");
-        assert!(table.upstream_for("/repit.user.v1.UserService/GetUser").is_none());
+        assert!(
+            table
+                .upstream_for("/repit.user.v1.UserService/GetUser")
+                .is_none()
+        );
         assert_eq!(
             table
                 .upstream_for("/repit.lesson.v1.LessonService/GetLesson")

@@ -137,8 +137,7 @@ pub struct LoadShed<S> {
 }
 
 /// The future of [`LoadShed`].
-pub type LoadShedFuture<E> =
-    Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
+pub type LoadShedFuture<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
 
 impl<S> Service<http::Request<Body>> for LoadShed<S>
 where
@@ -158,7 +157,10 @@ where
             return Box::pin(self.inner.call(request));
         }
         let Some(slot) = self.meter.try_acquire() else {
-            tracing::debug!(method = request.uri().path(), "call shed: too many in flight");
+            tracing::debug!(
+                method = request.uri().path(),
+                "call shed: too many in flight"
+            );
             let response = errors::response(&errors::overloaded());
             return Box::pin(async move { Ok(response) });
         };

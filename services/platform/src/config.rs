@@ -503,7 +503,8 @@ mod gateway {
                 );
             }
             if limit.max_tracked_callers < 16 {
-                problems.push("gateway.rate_limit.max_tracked_callers: must be at least 16".to_owned());
+                problems
+                    .push("gateway.rate_limit.max_tracked_callers: must be at least 16".to_owned());
             }
         }
     }

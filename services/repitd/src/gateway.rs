@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use repit_gateway::deadline::DeadlinePolicy;
-use repit_gateway::{Edge, GatewayGrpc, LoadMeter, RateLimiter, RemoteKeys, RouteTable, UpstreamSpec};
+use repit_gateway::{
+    Edge, GatewayGrpc, LoadMeter, RateLimiter, RemoteKeys, RouteTable, UpstreamSpec,
+};
 use repit_platform::auth::{AuthLayer, KeySet, Verifier};
 use repit_platform::{Config, RequestContextLayer};
 use repit_user::application::UserApplication;
@@ -106,8 +108,8 @@ impl Gateway {
         }
 
         let forwards = !table.proxied().is_empty();
-        let auth = forwards
-            .then(|| AuthLayer::new(Arc::clone(&verifier)).public(public.iter().cloned()));
+        let auth =
+            forwards.then(|| AuthLayer::new(Arc::clone(&verifier)).public(public.iter().cloned()));
         let limits = &settings.rate_limit;
         let limiter = limits.enabled.then(|| {
             Arc::new(RateLimiter::new(

@@ -108,7 +108,15 @@ pub async fn start(
     {
         workers.push(worker);
     }
-    let gateway = open_gateway(config, targets, &services, local_addr, &shutdown, &mut workers).await?;
+    let gateway = open_gateway(
+        config,
+        targets,
+        &services,
+        local_addr,
+        &shutdown,
+        &mut workers,
+    )
+    .await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let mut routes = Routes::new(health_service);
@@ -339,8 +347,15 @@ async fn open_gateway(
         .map(str::to_owned)
         .collect();
     let instance = format!("repitd@{local_addr}");
-    let opened = Gateway::open(config, targets, local, services.user.as_ref(), instance, shutdown)
-        .await?;
+    let opened = Gateway::open(
+        config,
+        targets,
+        local,
+        services.user.as_ref(),
+        instance,
+        shutdown,
+    )
+    .await?;
     Ok(opened.map(|(gateway, refresher)| {
         workers.extend(refresher);
         gateway

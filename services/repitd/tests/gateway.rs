@@ -198,9 +198,7 @@ async fn an_unrouted_service_is_unimplemented_and_an_unreachable_upstream_unavai
     // A route whose upstream is down: UNAVAILABLE with RetryInfo.
     let (_, token) = sign_up(&mut UserServiceClient::new(channel.clone())).await;
     let mut payments =
-        repit_proto::repit::payment::v1::payment_service_client::PaymentServiceClient::new(
-            channel,
-        );
+        repit_proto::repit::payment::v1::payment_service_client::PaymentServiceClient::new(channel);
     let status = payments
         .get_balance(bearer(
             repit_proto::repit::payment::v1::GetBalanceRequest::default(),
@@ -280,7 +278,10 @@ async fn the_per_user_rate_limit_answers_resource_exhausted_with_retry_info() {
         .await
         .expect_err("a tutor is no admin");
     assert!(
-        matches!(denied.code(), Code::PermissionDenied | Code::ResourceExhausted),
+        matches!(
+            denied.code(),
+            Code::PermissionDenied | Code::ResourceExhausted
+        ),
         "{denied:?}"
     );
 }
@@ -311,6 +312,9 @@ async fn calls_beyond_the_concurrency_limit_are_shed_at_once_and_a_hung_call_mee
             ("REPIT_GATEWAY__UPSTREAMS__TUTOR", hole.as_str()),
             ("REPIT_GATEWAY__CONCURRENCY_LIMIT", "1"),
             ("REPIT_GATEWAY__DEFAULT_DEADLINE", "2s"),
+            // The black hole accepts the connection and never completes the HTTP/2 handshake,
+            // which counts as connecting: the deadline must come first.
+            ("REPIT_GATEWAY__CONNECT_TIMEOUT", "20s"),
         ],
     )
     .await;
@@ -332,7 +336,10 @@ async fn calls_beyond_the_concurrency_limit_are_shed_at_once_and_a_hung_call_mee
         .get_current_user(bearer(pb::GetCurrentUserRequest {}, &token))
         .await
         .expect_err("shed");
-    assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
     assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
     assert_eq!(
         shed.get_details_error_info().expect("ErrorInfo").reason,
@@ -372,9 +379,14 @@ async fn http1(addr: SocketAddr, head: &str, body: &[u8]) -> (String, Vec<u8>) {
         let mut plain = Vec::new();
         let mut rest = &body[..];
         loop {
-            let line_end = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size");
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size");
             let size = usize::from_str_radix(
-                std::str::from_utf8(&rest[..line_end]).expect("ascii").trim(),
+                std::str::from_utf8(&rest[..line_end])
+                    .expect("ascii")
+                    .trim(),
                 16,
             )
             .expect("hex size");
@@ -451,7 +463,10 @@ async fn browsers_call_the_gateways_own_grpc_web_after_a_cors_preflight() {
     )
     .await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(head.contains("content-type: application/grpc-web+proto"), "{head}");
+    assert!(
+        head.contains("content-type: application/grpc-web+proto"),
+        "{head}"
+    );
     assert!(
         head.contains("access-control-allow-origin: http://app.example"),
         "{head}"

@@ -399,9 +399,9 @@ async fn main() {
             "| {label} | {p50:.0} µs | {p99:.0} µs | {added} | {ok} / {errors} |\n"
         ));
     }
-    out.push_str(&format!(
-        "\nAdded latency is against the direct call with the same headers (auth on: against the direct call carrying the same token). Target: at most 150 µs added at p50. A hop is a second HTTP/2 exchange on loopback (the gateway decodes nothing: it forwards frames), so most of it is the two extra socket round trips and task wake-ups, which on 2 shared cores dominate.\n"
-    ));
+    out.push_str(
+        "\nAdded latency is against the direct call with the same headers (auth on: against the direct call carrying the same token). Target: at most 150 µs added at p50. A hop is a second HTTP/2 exchange on loopback (the gateway decodes nothing: it forwards frames), so most of it is the two extra socket round trips and task wake-ups, which on 2 shared cores dominate.\n",
+    );
     println!("{out}");
     if quick {
         eprintln!("--quick: BENCHMARKS.md left as it is");

@@ -162,3 +162,90 @@ impl RemoteKeys {
         }
     }
 }
+
+/// Asks [`RemoteKeys`] for an early fetch when the wrapped authentication refused a token
+/// signed by a key it does not know (a rotation that happened since the last fetch). It only
+/// looks at refusals (`grpc-status: 16` in the answer's headers), so accepted calls pay one
+/// header clone; the refused call still fails, and the client's retry finds the new key.
+#[derive(Clone, Debug)]
+pub struct KeyRefreshLayer {
+    keys: Option<RemoteKeys>,
+}
+
+impl KeyRefreshLayer {
+    /// `None`: the keys are local (nothing to refresh), the layer passes calls through.
+    pub fn new(keys: Option<RemoteKeys>) -> Self {
+        Self { keys }
+    }
+}
+
+impl<S> tower::Layer<S> for KeyRefreshLayer {
+    type Service = KeyRefresh<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyRefresh {
+            inner,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// See [`KeyRefreshLayer`].
+#[derive(Clone, Debug)]
+pub struct KeyRefresh<S> {
+    inner: S,
+    keys: Option<RemoteKeys>,
+}
+
+/// The future of [`KeyRefresh`].
+pub type KeyRefreshFuture<E> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>,
+>;
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for KeyRefresh<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = KeyRefreshFuture<S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let Some(keys) = self.keys.clone() else {
+            return Box::pin(self.inner.call(request));
+        };
+        let authorization = request.headers().get(http::header::AUTHORIZATION).cloned();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            let refused = response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|status| status.as_bytes() == b"16");
+            if refused && let Some(authorization) = authorization {
+                let mut headers = http::HeaderMap::new();
+                headers.insert(http::header::AUTHORIZATION, authorization);
+                let unknown = repit_platform::auth::bearer_token(&headers)
+                    .and_then(|token| keys.verifier().verify(token, Utc::now()))
+                    .err()
+                    == Some(repit_platform::auth::TokenError::UnknownKey);
+                if unknown {
+                    tracing::debug!("a token names an unknown key: fetching the keys early");
+                    keys.refresh_soon();
+                }
+            }
+            Ok(response)
+        })
+    }
+}

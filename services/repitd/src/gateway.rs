@@ -85,6 +85,7 @@ impl Gateway {
             KeySet::default(),
         ));
         let mut refresher = None;
+        let mut remote_keys = None;
         if let Some(user) = user {
             let keys = user
                 .keys()
@@ -100,6 +101,7 @@ impl Gateway {
             if let Err(error) = remote.fetch().await {
                 tracing::warn!(error = %error, "no verifying keys yet; retrying in the background");
             }
+            remote_keys = Some(remote.clone());
             refresher = Some(remote.spawn(shutdown.clone()));
         } else {
             tracing::warn!(
@@ -127,6 +129,7 @@ impl Gateway {
             limiter,
             auth,
             verifier: (!forwards).then(|| Arc::clone(&verifier)),
+            remote_keys,
             deadlines: DeadlinePolicy {
                 default: settings.default_deadline,
                 max: settings.max_deadline,

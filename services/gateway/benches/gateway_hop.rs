@@ -244,6 +244,29 @@ fn token() -> (Arc<Verifier>, String) {
     (Arc::new(Verifier::new("repit", "repit", keys)), token)
 }
 
+/// Busy jiffies and all jiffies of the machine so far (/proc/stat).
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let values: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
+    let total: u64 = values.iter().sum();
+    Some((total - idle, total))
+}
+
+/// How busy the machine was over `period` (other work on the shared cores skews latencies).
+fn machine_busy(period: Duration) -> Option<f64> {
+    let (busy0, total0) = machine_jiffies()?;
+    std::thread::sleep(period);
+    let (busy1, total1) = machine_jiffies()?;
+    Some((busy1 - busy0) as f64 / (total1 - total0).max(1) as f64)
+}
+
 fn commit() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let git = |args: &[&str]| {
@@ -290,6 +313,10 @@ fn write_section(section: &str) {
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
+    let busy = tokio::task::spawn_blocking(|| machine_busy(Duration::from_secs(1)))
+        .await
+        .ok()
+        .flatten();
     let (warm_up, calls, rounds) = if quick {
         (100, 200, 2)
     } else {
@@ -377,9 +404,10 @@ async fn main() {
     out.push_str("## Gateway hop\n\n");
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     out.push_str(&format!(
-        "Measured {} on {cores} cores (nproc), {}, with `cargo bench -p repit-gateway --bench gateway_hop` (release profile; echo server, gateway and client in one process on 127.0.0.1, sharing the machine).\n\n",
+        "Measured {} on {cores} cores (nproc), {}, with `cargo bench -p repit-gateway --bench gateway_hop` (release profile; echo server, gateway and client in one process on 127.0.0.1, sharing the machine); the machine was {} busy in the second before the run (other work).\n\n",
         Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        commit()
+        commit(),
+        busy.map_or_else(|| "an unknown share".to_owned(), |b| format!("{:.0}%", b * 100.0)),
     ));
     out.push_str(&format!(
         "Sequential unary calls (one in flight) of tonic-health's `Check` mounted as `{ECHO_SERVICE}`, one HTTP/2 connection per target; {warm_up} warm-up calls per target, then {rounds} rounds of {calls} calls per target, the targets taking turns. The gateway edge is the full stack of `repitd --target gateway` (CORS, gRPC-web, request ids, route check, shedding, rate limit, deadline, proxy); \"auth on\" verifies a 15-minute Ed25519 token (from the verifier's cache after the first call).\n\n"

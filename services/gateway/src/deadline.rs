@@ -3,8 +3,12 @@
 //! hop works to the same deadline. When it passes before the answer starts, the caller gets
 //! DEADLINE_EXCEEDED from here, whatever the upstream is doing.
 //!
-//! Server-streaming `Watch…` methods are exempt (gateway.proto, `Route.max_deadline`): a watch runs
-//! until the caller or shutdown ends it, so it gets neither the default nor the cap.
+//! Streaming `Watch…`, `Upload…` and `Download…` methods are exempt (gateway.proto,
+//! `Route.max_deadline`: server-streaming and file-transfer methods): a watch runs until the caller
+//! or shutdown ends it, and an upload's answer starts only once the last byte arrived, so they get
+//! neither the default nor the cap, only the caller's own deadline. Every streaming method of the
+//! contracts is named this way (except `ExportReportCsv`, whose answer starts at once, so a cap on
+//! the answer's start does not cut it), which is why a name rule suffices.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,12 +43,17 @@ impl DeadlinePolicy {
     }
 }
 
-/// Server-streaming watches, which may outlive any fixed deadline.
+/// Watches and file transfers, which may outlive any fixed deadline.
 fn is_exempt(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .is_some_and(|method| method.starts_with("Watch"))
+    path.rsplit('/').next().is_some_and(|method| {
+        EXEMPT_PREFIXES
+            .iter()
+            .any(|prefix| method.starts_with(prefix))
+    })
 }
+
+/// Method name prefixes of the streaming methods exempt from the default and the cap.
+const EXEMPT_PREFIXES: [&str; 3] = ["Watch", "Upload", "Download"];
 
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -181,9 +190,16 @@ mod tests {
     }
 
     #[test]
-    fn watches_keep_the_callers_deadline_or_none() {
+    fn watches_and_file_transfers_keep_the_callers_deadline_or_none() {
         let path = "/repit.lesson.v1.LessonService/WatchSchedule";
         assert_eq!(POLICY.effective(path, None), None);
+        assert_eq!(
+            POLICY.effective(
+                "/repit.material.v1.MaterialService/UploadMaterialFile",
+                None
+            ),
+            None
+        );
         assert_eq!(
             POLICY.effective(path, Some(Duration::from_secs(3600))),
             Some(Duration::from_secs(3600))

@@ -396,7 +396,7 @@ mod gateway {
         /// The deadline of a call that sets no `grpc-timeout`.
         #[serde(with = "humantime_serde")]
         pub default_deadline: Duration,
-        /// Longer caller deadlines are cut to this (server-streaming `Watch…` methods excepted).
+        /// Longer caller deadlines are cut to this (streaming `Watch…`, `Upload…`, `Download…` methods excepted).
         #[serde(with = "humantime_serde")]
         pub max_deadline: Duration,
         /// How long connecting to an upstream may take before the call is UNAVAILABLE.

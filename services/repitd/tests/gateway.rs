@@ -515,3 +515,55 @@ async fn with_target_all_the_same_edge_applies_in_process() {
         "RATE_LIMITED"
     );
 }
+
+#[tokio::test]
+async fn a_gateway_started_before_the_user_service_gets_its_keys_once_it_is_up() {
+    // The user service's future address, free for now.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let upstream = format!("http://127.0.0.1:{port}");
+    let gateway = spawn_server(
+        repitd(),
+        &["serve", "--target", "gateway"],
+        &[("REPIT_GATEWAY__UPSTREAMS__USER", upstream.as_str())],
+    )
+    .await;
+    let mut users = UserServiceClient::new(channel(&gateway).await);
+    let down = users
+        .get_public_keys(pb::GetPublicKeysRequest {})
+        .await
+        .expect_err("the user service is not up yet");
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+
+    let listen = format!("127.0.0.1:{port}");
+    let _backend = spawn_server(
+        repitd(),
+        &["serve", "--target", "user"],
+        &[("REPIT_SERVER__LISTEN", listen.as_str())],
+    )
+    .await;
+    let (user_id, token) = sign_up(&mut users).await;
+    // The gateway's key refresher retries with backoff; the token verifies once it has the keys.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match users
+            .get_current_user(bearer(pb::GetCurrentUserRequest {}, &token))
+            .await
+        {
+            Ok(answer) => {
+                assert_eq!(answer.into_inner().user.expect("user").user_id, user_id);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the gateway never got the keys"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -45,7 +45,7 @@ async fn echo_upstream() -> SocketAddr {
     });
     tokio::spawn(
         Server::builder()
-            .layer(tower::layer::layer_fn(move |_routes| echo.clone()))
+            .layer(tower::layer::layer_fn(move |_routes| echo))
             .add_routes(health_routes())
             .serve_with_incoming(incoming),
     );

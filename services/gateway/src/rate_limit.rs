@@ -339,6 +339,13 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_small() {
+        // What bounds memory per tracked caller: the map entry (the hash table adds a control
+        // byte and up to 1/8 free slots), plus a user id's heap string (36 bytes for a UUID).
+        assert!(std::mem::size_of::<(Subject, u64)>() <= 32);
+    }
+
+    #[test]
     fn memory_stays_bounded_however_many_callers_come() {
         let limiter = RateLimiter::new(policy(5, 1, 60_000), 64);
         let now = Instant::now();

@@ -200,3 +200,33 @@ pub(crate) async fn serve(
     }
     .context("gRPC server failed")
 }
+
+#[cfg(test)]
+mod tests {
+    use repit_platform::config::GATEWAY_UPSTREAM_NAMES;
+
+    use super::*;
+
+    #[test]
+    fn the_configurable_upstreams_are_the_service_components_but_the_gateway() {
+        let services: Vec<&str> = Component::ALL
+            .into_iter()
+            .filter(|component| *component != Component::Gateway)
+            .map(Component::name)
+            .collect();
+        assert_eq!(GATEWAY_UPSTREAM_NAMES.to_vec(), services);
+    }
+
+    #[test]
+    fn every_public_method_names_a_service_the_gateway_can_route() {
+        for method in public_methods() {
+            let service = repit_gateway::route::service_of(&method).expect("a gRPC path");
+            assert!(
+                Component::ALL
+                    .into_iter()
+                    .any(|component| component.grpc_service() == service),
+                "{method}"
+            );
+        }
+    }
+}

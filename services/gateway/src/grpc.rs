@@ -2,9 +2,9 @@
 //! routing table, the load meter and the rate limiter of this instance.
 //!
 //! Mount it behind an [`repit_platform::auth::AuthLayer`] with [`PUBLIC_METHODS`] open:
-//! everything but `GetRateLimitQuota` is for platform admins. `WatchUpstreamHealth` answers
-//! UNIMPLEMENTED: upstream health here is passive (seen from forwarded calls), and a stream of
-//! changes needs active probing first.
+//! everything but `GetRateLimitQuota` is for platform admins. Upstream health is passive: what
+//! the calls forwarded by this instance saw (no probes yet), so `ListUpstreams` and
+//! `WatchUpstreamHealth` report an upstream UNPROBED until a call went there.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,18 +12,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use repit_platform::auth::{caller, forbidden};
-use repit_platform::status::not_implemented;
 use repit_platform::time::timestamp;
 use repit_proto::repit::common::v1::{PageRequest, PageResponse};
 use repit_proto::repit::gateway::v1 as pb;
 use repit_proto::repit::gateway::v1::gateway_service_server::{
     GatewayService, GatewayServiceServer,
 };
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::deadline::DeadlinePolicy;
 use crate::rate_limit::{DEFAULT_POLICY, Quota, RateLimiter};
-use crate::route::{Health, RouteTable, service_of};
+use crate::route::{Health, HealthChange, RouteTable, Upstream, service_of};
 use crate::shed::LoadMeter;
 
 /// Gateway methods callable without a token.
@@ -31,6 +32,9 @@ pub const PUBLIC_METHODS: [&str; 1] = ["/repit.gateway.v1.GatewayService/GetRate
 
 /// The endpoint address shown for services served in this process.
 pub const IN_PROCESS: &str = "in-process";
+
+/// A watch with nothing to say sends a heartbeat this often (gateway.proto).
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
@@ -44,6 +48,7 @@ pub struct GatewayGrpc {
     deadlines: DeadlinePolicy,
     instance: String,
     started_at: DateTime<Utc>,
+    shutdown: CancellationToken,
 }
 
 impl GatewayGrpc {
@@ -61,7 +66,14 @@ impl GatewayGrpc {
             deadlines,
             instance: instance.into(),
             started_at: Utc::now(),
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Ends open watches with UNAVAILABLE when `shutdown` fires.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     pub fn into_server(self) -> GatewayServiceServer<Self> {
@@ -115,6 +127,26 @@ fn page<T>(
             next_page_token: next,
         },
     ))
+}
+
+fn upstream_proto(upstream: &Upstream) -> pb::Upstream {
+    let seen = upstream.health();
+    let endpoint = pb::Endpoint {
+        address: upstream.url().to_owned(),
+        health: health(seen.health).into(),
+        last_checked_at: seen.last_checked_at.map(timestamp),
+        health_changed_at: Some(timestamp(seen.health_changed_at)),
+        consecutive_failures: seen.consecutive_failures,
+        last_error: seen.last_error,
+        in_flight: upstream.in_flight(),
+    };
+    pb::Upstream {
+        name: upstream.name().to_owned(),
+        services: upstream.services().to_vec(),
+        health: health(seen.health).into(),
+        health_changed_at: Some(timestamp(seen.health_changed_at)),
+        endpoints: vec![endpoint],
+    }
 }
 
 fn health(health: Health) -> pb::UpstreamHealth {
@@ -203,25 +235,7 @@ impl GatewayService for GatewayGrpc {
             .upstreams()
             .values()
             .filter(|upstream| names.is_empty() || names.iter().any(|n| n == upstream.name()))
-            .map(|upstream| {
-                let seen = upstream.health();
-                let endpoint = pb::Endpoint {
-                    address: upstream.url().to_owned(),
-                    health: health(seen.health).into(),
-                    last_checked_at: seen.last_checked_at.map(timestamp),
-                    health_changed_at: Some(timestamp(seen.health_changed_at)),
-                    consecutive_failures: seen.consecutive_failures,
-                    last_error: seen.last_error,
-                    in_flight: upstream.in_flight(),
-                };
-                pb::Upstream {
-                    name: upstream.name().to_owned(),
-                    services: upstream.services().to_vec(),
-                    health: health(seen.health).into(),
-                    health_changed_at: Some(timestamp(seen.health_changed_at)),
-                    endpoints: vec![endpoint],
-                }
-            })
+            .map(|upstream| upstream_proto(upstream))
             .collect();
         let (upstreams, page) = page(upstreams, request.get_ref().page.as_ref())?;
         Ok(Response::new(pb::ListUpstreamsResponse {
@@ -284,17 +298,245 @@ impl GatewayService for GatewayGrpc {
 
     async fn watch_upstream_health(
         &self,
-        _request: Request<pb::WatchUpstreamHealthRequest>,
+        request: Request<pb::WatchUpstreamHealthRequest>,
     ) -> Result<Response<Self::WatchUpstreamHealthStream>, Status> {
-        Err(not_implemented(
-            "repit.gateway.v1.GatewayService/WatchUpstreamHealth",
-        ))
+        require_admin(&request)?;
+        let names = request.into_inner().upstream_names;
+        if let Some(unknown) = names
+            .iter()
+            .find(|name| self.table.upstream(name).is_none())
+        {
+            return Err(Status::not_found(format!("no upstream is named {unknown}")));
+        }
+        // Subscribed before the snapshot is taken, so no change falls between the two.
+        let changes = self.table.watch();
+        let (send, receive) = mpsc::channel(16);
+        let watch = Watch {
+            table: Arc::clone(&self.table),
+            names,
+            instance: self.instance.clone(),
+            shutdown: self.shutdown.clone(),
+            send,
+        };
+        tokio::spawn(watch.run(changes));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receive),
+        )))
+    }
+}
+
+/// One `WatchUpstreamHealth` stream: runs until the client goes away or shutdown.
+struct Watch {
+    table: Arc<RouteTable>,
+    names: Vec<String>,
+    instance: String,
+    shutdown: CancellationToken,
+    send: mpsc::Sender<Result<pb::WatchUpstreamHealthResponse, Status>>,
+}
+
+impl Watch {
+    fn watched(&self, name: &str) -> bool {
+        self.names.is_empty() || self.names.iter().any(|n| n == name)
+    }
+
+    fn snapshot(&self) -> pb::WatchUpstreamHealthResponse {
+        let upstreams = self
+            .table
+            .upstreams()
+            .values()
+            .filter(|upstream| self.watched(upstream.name()))
+            .map(|upstream| upstream_proto(upstream))
+            .collect();
+        pb::WatchUpstreamHealthResponse {
+            event: Some(pb::watch_upstream_health_response::Event::Snapshot(
+                pb::UpstreamHealthSnapshot {
+                    upstreams,
+                    taken_at: Some(timestamp(Utc::now())),
+                    gateway_instance: self.instance.clone(),
+                },
+            )),
+        }
+    }
+
+    fn changed(&self, change: &HealthChange) -> Option<pb::WatchUpstreamHealthResponse> {
+        let upstream = self.table.upstream(&change.upstream)?;
+        Some(pb::WatchUpstreamHealthResponse {
+            event: Some(pb::watch_upstream_health_response::Event::Changed(
+                pb::UpstreamHealthChanged {
+                    upstream: Some(upstream_proto(upstream)),
+                    endpoint_address: upstream.url().to_owned(),
+                    previous_health: health(change.previous).into(),
+                    health: health(change.health).into(),
+                    changed_at: Some(timestamp(change.at)),
+                },
+            )),
+        })
+    }
+
+    async fn run(self, mut changes: broadcast::Receiver<HealthChange>) {
+        let mut next = Some(Ok(self.snapshot()));
+        loop {
+            if let Some(message) = next.take()
+                && self.send.send(message).await.is_err()
+            {
+                return; // the client went away
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    let _ = self
+                        .send
+                        .send(Err(Status::unavailable("the gateway is shutting down")))
+                        .await;
+                    return;
+                }
+                () = self.send.closed() => return,
+                received = changes.recv() => {
+                    next = match received {
+                        Ok(change) if self.watched(&change.upstream) => self.changed(&change).map(Ok),
+                        Ok(_) => None,
+                        // Too far behind: start over from the current state.
+                        Err(broadcast::error::RecvError::Lagged(_)) => Some(Ok(self.snapshot())),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                }
+                () = tokio::time::sleep(HEARTBEAT) => {
+                    next = Some(Ok(pb::WatchUpstreamHealthResponse {
+                        event: Some(pb::watch_upstream_health_response::Event::HeartbeatAt(
+                            timestamp(Utc::now()),
+                        )),
+                    }));
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use repit_platform::auth::{Caller, Role, RoleClaim};
+    use tokio_stream::StreamExt;
+
     use super::*;
+    use crate::route::UpstreamSpec;
+
+    fn admin<T>(message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(Caller {
+            user_id: "admin".into(),
+            session_id: "s".into(),
+            roles: vec![RoleClaim::new(Role::Admin)],
+            children: Vec::new(),
+            expires_at: Utc::now() + chrono::TimeDelta::minutes(5),
+        });
+        request
+    }
+
+    fn gateway() -> GatewayGrpc {
+        let table = RouteTable::new(
+            [GRPC_SERVICE_NAME.to_owned()],
+            [UpstreamSpec {
+                name: "lesson".into(),
+                url: "http://127.0.0.1:9".into(),
+                services: vec!["repit.lesson.v1.LessonService".into()],
+            }],
+            [],
+            Duration::from_secs(1),
+        )
+        .expect("table");
+        GatewayGrpc::new(
+            Arc::new(table),
+            Arc::new(LoadMeter::new(4)),
+            None,
+            DeadlinePolicy {
+                default: Duration::from_secs(1),
+                max: Duration::from_secs(2),
+            },
+            "test",
+        )
+    }
+
+    const GRPC_SERVICE_NAME: &str = "repit.gateway.v1.GatewayService";
+
+    #[tokio::test]
+    async fn a_health_watch_starts_with_a_snapshot_then_sends_each_change() {
+        use pb::watch_upstream_health_response::Event;
+        let gateway = gateway();
+        let mut watch = gateway
+            .watch_upstream_health(admin(pb::WatchUpstreamHealthRequest::default()))
+            .await
+            .expect("watch")
+            .into_inner();
+        let Some(Ok(pb::WatchUpstreamHealthResponse {
+            event: Some(Event::Snapshot(snapshot)),
+        })) = watch.next().await
+        else {
+            panic!("a snapshot first");
+        };
+        assert_eq!(snapshot.upstreams[0].health(), pb::UpstreamHealth::Unprobed);
+        let upstream = gateway.table.upstream("lesson").expect("upstream");
+        upstream.record(Err("connection refused".into()));
+        let Some(Ok(pb::WatchUpstreamHealthResponse {
+            event: Some(Event::Changed(changed)),
+        })) = watch.next().await
+        else {
+            panic!("a change next");
+        };
+        assert_eq!(changed.health(), pb::UpstreamHealth::NotServing);
+        assert_eq!(changed.previous_health(), pb::UpstreamHealth::Unprobed);
+        let endpoint = &changed.upstream.expect("upstream").endpoints[0];
+        assert_eq!(endpoint.last_error, "connection refused");
+        // A failure that changes nothing sends nothing; recovery does.
+        upstream.record(Err("connection refused".into()));
+        upstream.record(Ok(()));
+        let Some(Ok(pb::WatchUpstreamHealthResponse {
+            event: Some(Event::Changed(changed)),
+        })) = watch.next().await
+        else {
+            panic!("the recovery");
+        };
+        assert_eq!(changed.health(), pb::UpstreamHealth::Serving);
+    }
+
+    #[tokio::test]
+    async fn admin_rpcs_refuse_others_and_answer_admins() {
+        let gateway = gateway();
+        let anonymous = gateway
+            .get_load_status(Request::new(pb::GetLoadStatusRequest {}))
+            .await
+            .expect_err("no caller");
+        assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+        let routes = gateway
+            .list_routes(admin(pb::ListRoutesRequest::default()))
+            .await
+            .expect("routes")
+            .into_inner()
+            .routes;
+        let upstreams: Vec<(&str, &str)> = routes
+            .iter()
+            .map(|r| (r.service.as_str(), r.upstream.as_str()))
+            .collect();
+        assert_eq!(
+            upstreams,
+            [
+                ("repit.gateway.v1.GatewayService", IN_PROCESS),
+                ("repit.lesson.v1.LessonService", "lesson")
+            ]
+        );
+        let load = gateway
+            .get_load_status(admin(pb::GetLoadStatusRequest {}))
+            .await
+            .expect("load")
+            .into_inner();
+        assert_eq!((load.in_flight, load.concurrency_limit), (0, 4));
+        let missing = gateway
+            .list_upstreams(admin(pb::ListUpstreamsRequest {
+                names: vec!["billing".into()],
+                ..Default::default()
+            }))
+            .await
+            .expect_err("no such upstream");
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+    }
 
     #[test]
     fn pages_follow_their_tokens_to_the_end() {

@@ -16,7 +16,8 @@
 //! - [`request_id`]: `x-request-id` and `traceparent`.
 //! - [`keys`]: [`RemoteKeys`], verifying keys from the user service's `GetPublicKeys`, refreshed;
 //!   for any process that verifies tokens without holding the key ring.
-//! - [`grpc`]: `repit.gateway.v1.GatewayService` (routes, upstreams, load, quota).
+//! - [`grpc`]: `repit.gateway.v1.GatewayService` (routes, upstreams and their health watch,
+//!   load, quota).
 //! - [`errors`]: the statuses the gateway answers itself.
 
 pub mod deadline;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
 use tonic::transport::{Channel, Endpoint};
 
 /// The service a gRPC path names: `repit.lesson.v1.LessonService` for
@@ -53,12 +54,26 @@ pub struct Upstream {
     channel: Channel,
     in_flight: AtomicU32,
     health: Mutex<UpstreamHealth>,
+    changes: broadcast::Sender<HealthChange>,
 }
+
+/// An upstream's health took a new value (for `WatchUpstreamHealth`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthChange {
+    pub upstream: String,
+    pub previous: Health,
+    pub health: Health,
+    pub at: DateTime<Utc>,
+}
+
+/// Changes buffered per watcher; a watcher further behind gets a fresh snapshot instead.
+const CHANGES_BUFFERED: usize = 64;
 
 impl Upstream {
     fn open(
         spec: UpstreamSpec,
         connect_timeout: Duration,
+        changes: broadcast::Sender<HealthChange>,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(spec.url.clone())?
             .connect_timeout(connect_timeout)
@@ -75,6 +90,7 @@ impl Upstream {
                 consecutive_failures: 0,
                 last_error: String::new(),
             }),
+            changes,
         })
     }
 
@@ -119,6 +135,13 @@ impl Upstream {
             Err(_) => Health::NotServing,
         };
         if health.health != next {
+            // Nobody watching is no error.
+            let _ = self.changes.send(HealthChange {
+                upstream: self.spec.name.clone(),
+                previous: health.health,
+                health: next,
+                at: now,
+            });
             health.health = next;
             health.health_changed_at = now;
         }
@@ -147,12 +170,13 @@ impl Drop for UpstreamCall {
 }
 
 /// Where each service is served: in this process (`local`) or by an upstream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteTable {
     local: BTreeSet<String>,
     upstreams: BTreeMap<String, Arc<Upstream>>,
     by_service: BTreeMap<String, Arc<Upstream>>,
     public_methods: BTreeSet<String>,
+    changes: broadcast::Sender<HealthChange>,
 }
 
 impl RouteTable {
@@ -168,11 +192,17 @@ impl RouteTable {
         let local: BTreeSet<String> = local.into_iter().collect();
         let mut table = Self {
             local,
+            upstreams: BTreeMap::new(),
+            by_service: BTreeMap::new(),
             public_methods: public_methods.into_iter().collect(),
-            ..Self::default()
+            changes: broadcast::channel(CHANGES_BUFFERED).0,
         };
         for spec in upstreams {
-            let upstream = Arc::new(Upstream::open(spec, connect_timeout)?);
+            let upstream = Arc::new(Upstream::open(
+                spec,
+                connect_timeout,
+                table.changes.clone(),
+            )?);
             for service in upstream.services() {
                 if !table.local.contains(service) {
                     table
@@ -214,6 +244,11 @@ impl RouteTable {
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.get(name)
+    }
+
+    /// Health changes of every upstream from now on.
+    pub fn watch(&self) -> broadcast::Receiver<HealthChange> {
+        self.changes.subscribe()
     }
 
     /// Method names of `service` callable without a token.

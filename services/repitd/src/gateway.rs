@@ -34,6 +34,7 @@ pub(crate) struct Gateway {
     verifier: Arc<Verifier>,
     public: Vec<String>,
     instance: String,
+    shutdown: CancellationToken,
 }
 
 /// Methods callable without a token, across every service the gateway can route.
@@ -147,6 +148,7 @@ impl Gateway {
                 verifier,
                 public,
                 instance,
+                shutdown: shutdown.clone(),
             },
             refresher,
         )))
@@ -162,6 +164,7 @@ impl Gateway {
             self.edge.deadlines,
             self.instance.clone(),
         )
+        .with_shutdown(self.shutdown.clone())
         .into_server();
         let auth = AuthLayer::new(Arc::clone(&self.verifier)).public(self.public.iter().cloned());
         routes.add_service(RequestContextLayer.layer(auth.layer(service)))

@@ -203,6 +203,8 @@ CONFIG_KEYS = {
         "default_deadline": positive_duration,
         "max_deadline": positive_duration,
         "connect_timeout": positive_duration,
+        "health_check_interval": lambda value: (None if duration_seconds(value) is not None
+                                                else f"`{value}` is not a duration like 10s"),
         "cors_allowed_origins": non_empty,
         **{f"upstreams__{service}": url_schemes("http://", "https://", empty_ok=False)
            for service in ("user", "student", "tutor", "lesson", "homework", "payment",

@@ -8,7 +8,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// The service a gRPC path names: `repit.lesson.v1.LessonService` for
 /// `/repit.lesson.v1.LessonService/GetLesson`.
@@ -28,8 +33,8 @@ pub struct UpstreamSpec {
     pub services: Vec<String>,
 }
 
-/// Health as the proxy sees it: unprobed until a call went there, then serving or not after
-/// the last attempt to reach it.
+/// Health as this instance sees it: unprobed until a probe or a call went there, then serving
+/// or not after the last probe or attempt to reach it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
     Unprobed,
@@ -244,6 +249,46 @@ impl RouteTable {
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.get(name)
+    }
+
+    /// Asks every upstream's `grpc.health.v1.Health/Check` (the whole server: `""`) every
+    /// `interval`, so health is known before the first call and a recovered upstream shows as
+    /// serving again; each probe waits at most `interval` or 5 s. The tasks end with `shutdown`.
+    pub fn spawn_health_checks(
+        &self,
+        interval: Duration,
+        shutdown: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        self.upstreams
+            .values()
+            .map(|upstream| {
+                let upstream = Arc::clone(upstream);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut client = HealthClient::new(upstream.channel());
+                    let wait = interval.min(Duration::from_secs(5));
+                    loop {
+                        let probe = client.check(HealthCheckRequest {
+                            service: String::new(),
+                        });
+                        let outcome = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            answered = tokio::time::timeout(wait, probe) => match answered {
+                                Ok(Ok(answer)) if answer.get_ref().status() == ServingStatus::Serving => Ok(()),
+                                Ok(Ok(answer)) => Err(format!("health check answered {:?}", answer.get_ref().status())),
+                                Ok(Err(status)) => Err(format!("health check failed: {}", status.message())),
+                                Err(_) => Err(format!("health check timed out after {wait:?}")),
+                            },
+                        };
+                        upstream.record(outcome);
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(interval) => {}
+                        }
+                    }
+                })
+            })
+            .collect()
     }
 
     /// Health changes of every upstream from now on.

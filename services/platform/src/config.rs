@@ -402,6 +402,10 @@ mod gateway {
         /// How long connecting to an upstream may take before the call is UNAVAILABLE.
         #[serde(with = "humantime_serde")]
         pub connect_timeout: Duration,
+        /// How often each upstream's gRPC health is probed; `0s`: never (health is then only
+        /// what forwarded calls see).
+        #[serde(with = "humantime_serde")]
+        pub health_check_interval: Duration,
         /// Browser origins allowed to call through gRPC-web (`https://app.example.com`); `*`
         /// allows any. Empty: no cross-origin browser calls.
         pub cors_allowed_origins: Vec<String>,
@@ -416,6 +420,7 @@ mod gateway {
                 default_deadline: Duration::from_secs(30),
                 max_deadline: Duration::from_secs(300),
                 connect_timeout: Duration::from_secs(2),
+                health_check_interval: Duration::from_secs(10),
                 cors_allowed_origins: Vec::new(),
                 rate_limit: RateLimitConfig::default(),
             }

@@ -47,9 +47,10 @@ fn public_methods() -> Vec<String> {
 }
 
 impl Gateway {
-    /// The gateway for `targets`, if it is one of them. `local` names every gRPC service this
-    /// process serves; `user` is the in-process user service, whose key ring then verifies
-    /// tokens (otherwise the keys come from the user upstream, refreshed by a task returned here).
+    /// The gateway for `targets`, if it is one of them, with its background tasks (upstream
+    /// health probes, and the key refresher when the keys come from the user upstream). `local`
+    /// names every gRPC service this process serves; `user` is the in-process user service,
+    /// whose key ring then verifies tokens.
     pub(crate) async fn open(
         config: &Config,
         targets: &TargetSet,
@@ -57,7 +58,7 @@ impl Gateway {
         user: Option<&UserApplication>,
         instance: String,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Option<(Self, Option<JoinHandle<()>>)>> {
+    ) -> anyhow::Result<Option<(Self, Vec<JoinHandle<()>>)>> {
         if !targets.components().contains(&Component::Gateway) {
             return Ok(None);
         }
@@ -85,7 +86,11 @@ impl Gateway {
             config.auth.audience.clone(),
             KeySet::default(),
         ));
-        let mut refresher = None;
+        let mut tasks = if settings.health_check_interval.is_zero() {
+            Vec::new()
+        } else {
+            table.spawn_health_checks(settings.health_check_interval, shutdown)
+        };
         let mut remote_keys = None;
         if let Some(user) = user {
             let keys = user
@@ -103,7 +108,7 @@ impl Gateway {
                 tracing::warn!(error = %error, "no verifying keys yet; retrying in the background");
             }
             remote_keys = Some(remote.clone());
-            refresher = Some(remote.spawn(shutdown.clone()));
+            tasks.push(remote.spawn(shutdown.clone()));
         } else {
             tracing::warn!(
                 "the gateway has no user service (gateway.upstreams.user): protected calls are refused"
@@ -150,7 +155,7 @@ impl Gateway {
                 instance,
                 shutdown: shutdown.clone(),
             },
-            refresher,
+            tasks,
         )))
     }
 

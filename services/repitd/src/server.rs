@@ -330,7 +330,7 @@ async fn mount_user(
     Ok(routes.add_service(RequestContextLayer.layer(auth.layer(service))))
 }
 
-/// The gateway when it is a target (its key refresher joins the workers), over every gRPC
+/// The gateway when it is a target (its background tasks join the workers), over every gRPC
 /// service this process serves.
 async fn open_gateway(
     config: &Config,
@@ -356,8 +356,8 @@ async fn open_gateway(
         shutdown,
     )
     .await?;
-    Ok(opened.map(|(gateway, refresher)| {
-        workers.extend(refresher);
+    Ok(opened.map(|(gateway, tasks)| {
+        workers.extend(tasks);
         gateway
     }))
 }

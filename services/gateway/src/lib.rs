@@ -1,4 +1,4 @@
-//! The API gateway (PRODUCT.md §10, ADR 11): the one entry point of RepitBot. It routes each gRPC
+//! The API gateway (PRODUCT.md §10, ADR 13): the one entry point of RepitBot. It routes each gRPC
 //! service to its upstream, authenticates at the edge, rate-limits per caller, sheds load,
 //! applies deadlines, tags requests with ids and trace context, and serves gRPC-web with CORS.
 //!

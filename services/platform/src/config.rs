@@ -382,7 +382,7 @@ mod gateway {
         "analytics",
     ];
 
-    /// The API gateway (PRODUCT.md §10, ADR 11): where each service is, and the edge policies
+    /// The API gateway (PRODUCT.md §10, ADR 13): where each service is, and the edge policies
     /// (rate limit, load shedding, deadlines, CORS). The policies also apply in-process when the
     /// gateway runs with the services (`--target all`).
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! The gateway in `repitd` (ADR 11): builds the [`Edge`] from the `gateway` configuration section
+//! The gateway in `repitd` (ADR 13): builds the [`Edge`] from the `gateway` configuration section
 //! and the targets, mounts `GatewayService`, and serves the tonic server through the edge.
 //!
 //! Whenever the gateway is a target (alone, or within `all`) the edge wraps the whole server:

@@ -5,7 +5,7 @@
 //! - [`cli`]: command-line parsing (`repitd serve`, `repitd config`).
 //! - [`targets`]: the components a process can run and how `--target` names them.
 //! - [`contracts`]: the RPCs each service's contract declares, read from the descriptor set.
-//! - `gateway`: the API gateway's edge around the server and its upstreams (ADR 11).
+//! - `gateway`: the API gateway's edge around the server and its upstreams (ADR 13).
 //! - [`server`]: assembles health, reflection and the selected services on one tonic server,
 //!   and starts the selected workers (relay, projections).
 //! - [`backends`]: opens the event store, the read-model database and NATS from the config.

@@ -43,6 +43,11 @@ pub struct AuthConfig {
     /// `<id>:<base64 of 32 bytes>` in a file readable only by repitd. Empty:
     /// `<data_dir>/signing-kek`, created on first start. Every user-service replica needs the same.
     pub key_encryption_key_file: String,
+    /// Where a process that does not run the user service fetches the keys that verify access
+    /// tokens (`GetPublicKeys`), e.g. `http://user:50051`. Empty: the user service runs in this
+    /// process and its key ring is read directly. Required by processes serving any other
+    /// service without the user service.
+    pub user_service_url: String,
 }
 
 impl Default for AuthConfig {
@@ -51,6 +56,7 @@ impl Default for AuthConfig {
             issuer: "repit".to_owned(),
             audience: "repit".to_owned(),
             key_encryption_key_file: String::new(),
+            user_service_url: String::new(),
         }
     }
 }
@@ -298,6 +304,15 @@ impl Config {
                 "server.shutdown_grace: must be between 1ms and {}, got {}",
                 humantime_serde::re::humantime::format_duration(MAX_GRACE),
                 humantime_serde::re::humantime::format_duration(self.server.shutdown_grace),
+            ));
+        }
+        let keys_url = &self.auth.user_service_url;
+        let accepted = keys_url.is_empty()
+            || keys_url.starts_with("http://")
+            || keys_url.starts_with("https://");
+        if !accepted {
+            problems.push(format!(
+                "auth.user_service_url: `{keys_url}` must start with http:// or https://"
             ));
         }
         let store = self.storage.event_store();

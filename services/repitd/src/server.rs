@@ -109,18 +109,29 @@ pub async fn start(
         workers.push(worker);
     }
 
+    let verifier = if targets
+        .components()
+        .iter()
+        .any(|c| matches!(c, Component::User | Component::Lesson))
+    {
+        let local = services.user.as_ref().map(UserApplication::keys);
+        Some(crate::verifying_keys::verifier(config, local, &shutdown).await?)
+    } else {
+        None
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     let mut routes = Routes::new(health_service);
     routes = routes
         .add_service(reflection_v1(targets)?)
         .add_service(reflection_v1alpha(targets)?);
     for &component in targets.components() {
-        routes = match (component, &services.lesson) {
-            (Component::Lesson, Some(lesson)) => routes.add_service(
-                repit_lesson::LessonGrpc::new(lesson.clone(), shutdown.clone()).into_server(),
+        routes = match (component, &services.lesson, &verifier) {
+            (Component::Lesson, Some(lesson), Some(verifier)) => routes.add_service(
+                repit_lesson::LessonGrpc::new(lesson.clone(), shutdown.clone())
+                    .into_server(&AuthLayer::new(verifier.clone())),
             ),
-            (Component::User, _) => match &services.user {
-                Some(user) => mount_user(routes, config, user).await?,
+            (Component::User, _, Some(verifier)) => match &services.user {
+                Some(user) => mount_user(routes, config, user, verifier.clone()),
                 None => mount_unimplemented(routes, component, &contracts)?,
             },
             _ => mount_unimplemented(routes, component, &contracts)?,
@@ -301,25 +312,16 @@ async fn open_user(config: &Config, store: Arc<dyn EventStore>) -> anyhow::Resul
 
 /// Mounts the user service behind the auth layer (its public RPCs stay open) and the request
 /// context layer, outermost, so the actor reaches the events it appends.
-async fn mount_user(
+fn mount_user(
     routes: Routes,
     config: &Config,
     user: &UserApplication,
-) -> anyhow::Result<Routes> {
+    verifier: Arc<Verifier>,
+) -> Routes {
     use tower::Layer;
-    let keys = user
-        .keys()
-        .key_set(chrono::Utc::now())
-        .await
-        .context("failed to read the verifying keys")?;
-    let verifier = Arc::new(Verifier::new(
-        config.auth.issuer.clone(),
-        config.auth.audience.clone(),
-        keys,
-    ));
     let auth = AuthLayer::new(verifier).public(repit_user::grpc::PUBLIC_METHODS);
     let service = UserGrpc::new(user.clone(), config.auth.issuer.clone()).into_server();
-    Ok(routes.add_service(RequestContextLayer.layer(auth.layer(service))))
+    routes.add_service(RequestContextLayer.layer(auth.layer(service)))
 }
 
 /// Whether the relay runs: named explicitly, or part of `all` with NATS configured.

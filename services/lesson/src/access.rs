@@ -48,6 +48,11 @@ impl Actor {
         self.caller.is_platform_admin()
     }
 
+    /// The caller's profile time zone, as the token names it.
+    pub fn time_zone(&self) -> Option<&str> {
+        self.caller.time_zone.as_deref()
+    }
+
     /// Whether the caller teaches, i.e. has a tenancy of their own.
     pub fn is_tutor(&self) -> bool {
         self.caller.is_tutor()
@@ -205,6 +210,7 @@ mod tests {
             session_id: "s".into(),
             roles,
             children: children.iter().map(|c| (*c).to_owned()).collect(),
+            time_zone: None,
             expires_at: DateTime::from_timestamp(1_800_000_000, 0).expect("instant"),
         })
     }

@@ -1,8 +1,8 @@
 //! The gRPC adapter: proto in, application call, proto out. No rules live here; who may do what
 //! is [`crate::access`], asked with the caller the auth layer put into the request.
 //!
-//! Schedule views still need an explicit `time_zone`: the caller's profile zone lives in the
-//! user service and is not in the access token. RPCs not built yet answer UNIMPLEMENTED.
+//! Schedule views default to the caller's profile zone, which the access token carries
+//! (`zoneinfo`). RPCs not built yet answer UNIMPLEMENTED.
 
 use chrono::{Datelike, TimeDelta, Utc};
 use pb::lesson_service_server::LessonService;
@@ -226,15 +226,20 @@ fn skipped_pb(
         .collect()
 }
 
-fn viewer_zone(fields: &mut Fields, zone: &str) -> chrono_tz::Tz {
-    if zone.is_empty() {
-        fields.bad(
-            "time_zone",
-            "required (no signed-in caller whose profile zone could be used yet)",
-        );
-        return chrono_tz::UTC;
+/// The zone a view is rendered in: the requested one, else the caller's profile zone (the
+/// token's `zoneinfo`).
+fn viewer_zone(fields: &mut Fields, actor: &Actor, zone: &str) -> chrono_tz::Tz {
+    match (zone.is_empty(), actor.time_zone()) {
+        (false, _) => fields.zone("time_zone", zone),
+        (true, Some(profile)) => fields.zone("time_zone", profile),
+        (true, None) => {
+            fields.bad(
+                "time_zone",
+                "required: the access token names no profile zone",
+            );
+            chrono_tz::UTC
+        }
     }
-    fields.zone("time_zone", zone)
 }
 
 #[tonic::async_trait]
@@ -777,7 +782,7 @@ impl LessonService for LessonGrpc {
         let r = request.into_inner();
         let mut f = Fields::new();
         let owner = schedule_owner(&mut f, &actor, r.scope.as_ref()).map_err(status)?;
-        let zone = viewer_zone(&mut f, &r.time_zone);
+        let zone = viewer_zone(&mut f, &actor, &r.time_zone);
         let date = f.date("date", r.date.as_ref());
         if r.date.is_none() {
             f.bad("date", "required");
@@ -810,7 +815,7 @@ impl LessonService for LessonGrpc {
         let r = request.into_inner();
         let mut f = Fields::new();
         let owner = schedule_owner(&mut f, &actor, r.scope.as_ref()).map_err(status)?;
-        let zone = viewer_zone(&mut f, &r.time_zone);
+        let zone = viewer_zone(&mut f, &actor, &r.time_zone);
         let date = f.date("date", r.date.as_ref());
         if r.date.is_none() {
             f.bad("date", "required");
@@ -857,7 +862,7 @@ impl LessonService for LessonGrpc {
         let r = request.into_inner();
         let mut f = Fields::new();
         let owner = schedule_owner(&mut f, &actor, r.scope.as_ref()).map_err(status)?;
-        let zone = viewer_zone(&mut f, &r.time_zone);
+        let zone = viewer_zone(&mut f, &actor, &r.time_zone);
         let range = r.time_range.unwrap_or_default();
         let from = f.timestamp("time_range.start", range.start.as_ref());
         let until = f.timestamp("time_range.end", range.end.as_ref());

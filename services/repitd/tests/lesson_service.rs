@@ -569,3 +569,54 @@ async fn next(
         .await
         .expect("a message in time")
 }
+
+#[tokio::test]
+async fn a_view_without_scope_or_zone_shows_the_callers_own_schedule_in_their_profile_zone() {
+    let (server, mut lessons, tutor) = serve().await;
+    let start = Utc::now() + TimeDelta::days(5);
+    let lesson = lessons
+        .schedule_lesson(pb::ScheduleLessonRequest {
+            tutor_id: tutor.clone(),
+            student_id: Uuid::now_v7().to_string(),
+            start_time: Some(Timestamp {
+                seconds: start.timestamp(),
+                nanos: 0,
+            }),
+            duration: minutes(60),
+            time_zone: "Europe/Moscow".into(),
+            subject: "Chemistry".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("scheduled")
+        .into_inner()
+        .lesson
+        .expect("lesson");
+    // The tutor signed up in Europe/Moscow: the token says so, and the view uses it.
+    // Moscow keeps UTC+3 all year.
+    let moscow_date = (start + TimeDelta::hours(3)).date_naive();
+    let mut entries = Vec::new();
+    for _ in 0..200 {
+        let day = lessons
+            .get_day_schedule(pb::GetDayScheduleRequest {
+                date: date(moscow_date),
+                ..Default::default()
+            })
+            .await
+            .expect("the caller's own day")
+            .into_inner();
+        assert_eq!(day.time_zone, "Europe/Moscow");
+        entries = day.day.expect("a day").entries;
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(entries.len(), 1, "the lesson shows in the read model");
+    assert_eq!(
+        entries[0].lesson.as_ref().expect("lesson").lesson_id,
+        lesson.lesson_id
+    );
+    let (exit, _) = server.terminate().await;
+    assert!(exit.success());
+}

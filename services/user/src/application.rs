@@ -416,6 +416,7 @@ impl UserApplication {
                 .to_owned(),
             ],
             auth_time: now,
+            time_zone: account.time_zone.clone(),
         };
         let issued = self
             .issuer

@@ -14,8 +14,8 @@ use repit_lesson::{LessonApplication, LessonSettings};
 use repit_platform::auth::{AuthLayer, Verifier};
 use repit_platform::{Config, RequestContextLayer, status};
 use repit_projections::{FeedSource, ReadModelDb};
-use repit_user::application::{UserApplication, UserSettings};
-use repit_user::grpc::UserGrpc;
+use repit_user::application::{BotCredential, UserApplication, UserSettings};
+use repit_user::grpc::{RateLimits, UserGrpc};
 use repit_user::keys::{KeyEncryptionKey, KeyRing};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -120,7 +120,7 @@ pub async fn start(
                 repit_lesson::LessonGrpc::new(lesson.clone(), shutdown.clone()).into_server(),
             ),
             (Component::User, _) => match &services.user {
-                Some(user) => mount_user(routes, config, user).await?,
+                Some(user) => mount_user(routes, config, user, &shutdown).await?,
                 None => mount_unimplemented(routes, component, &contracts)?,
             },
             _ => mount_unimplemented(routes, component, &contracts)?,
@@ -291,20 +291,44 @@ async fn open_user(config: &Config, store: Arc<dyn EventStore>) -> anyhow::Resul
     let keys = KeyRing::open(store.clone(), kek, chrono::Utc::now())
         .await
         .context("failed to open the signing-key ring")?;
+    let bot_credential = config
+        .auth
+        .bot_credential()
+        .with_context(|| {
+            format!(
+                "failed to read the bot credential file {}",
+                config.auth.bot_credential_file
+            )
+        })?
+        .map(BotCredential::new);
+    if bot_credential.is_none() {
+        tracing::warn!("no auth.bot_credential configured: the Telegram bot cannot log users in");
+    }
     let settings = UserSettings {
         issuer: config.auth.issuer.clone(),
         audience: config.auth.audience.clone(),
+        bot_credential,
+        bot_username: config.auth.bot_username.clone(),
+        platform_admin_emails: config
+            .auth
+            .platform_admin_emails
+            .iter()
+            .map(|e| repit_user::application::normalise_email(e))
+            .collect(),
         ..UserSettings::default()
     };
     UserApplication::new(store, keys, settings).context("failed to start the user service")
 }
 
 /// Mounts the user service behind the auth layer (its public RPCs stay open) and the request
-/// context layer, outermost, so the actor reaches the events it appends.
+/// context layer, outermost, so the actor reaches the events it appends. The verifier learns new
+/// signing keys at once from rotations made here, and from other replicas' rotations by
+/// re-reading the key ring every [`KEY_RELOAD_INTERVAL`] until shutdown.
 async fn mount_user(
     routes: Routes,
     config: &Config,
     user: &UserApplication,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Routes> {
     use tower::Layer;
     let keys = user
@@ -317,10 +341,41 @@ async fn mount_user(
         config.auth.audience.clone(),
         keys,
     ));
+    let user = user.clone().with_verifier(Arc::clone(&verifier));
+    {
+        let user = user.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEY_RELOAD_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(error) = user.reload_keys().await {
+                            tracing::warn!(%error, "failed to reload the signing keys");
+                        }
+                    }
+                }
+            }
+        });
+    }
     let auth = AuthLayer::new(verifier).public(repit_user::grpc::PUBLIC_METHODS);
-    let service = UserGrpc::new(user.clone(), config.auth.issuer.clone()).into_server();
+    let limits = RateLimits {
+        address_burst: config.auth.rate_limit_address_burst,
+        address_per_minute: config.auth.rate_limit_address_per_minute,
+        account_burst: config.auth.rate_limit_account_burst,
+        account_per_minute: config.auth.rate_limit_account_per_minute,
+    };
+    let service =
+        UserGrpc::with_rate_limits(user, config.auth.issuer.clone(), limits).into_server();
     Ok(routes.add_service(RequestContextLayer.layer(auth.layer(service))))
 }
+
+/// How often the user service re-reads the signing-key ring for other replicas' rotations (well
+/// within the activation delay a rotation gives verifiers).
+const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether the relay runs: named explicitly, or part of `all` with NATS configured.
 fn relay_runs(config: &Config, targets: &TargetSet) -> bool {

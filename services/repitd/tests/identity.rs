@@ -854,3 +854,186 @@ async fn logins_are_rate_limited_per_account_and_unknown_emails_count_like_known
     let (exit, _) = server.terminate().await;
     assert!(exit.success());
 }
+
+#[tokio::test]
+async fn a_pending_student_is_claimed_by_a_targeted_invite_and_passwords_emails_and_keys_change() {
+    let root = format!("root-{}@example.com", Uuid::now_v7().simple());
+    let admins = format!("[\"{root}\"]");
+    let (server, mut users) = serve_with(&[("REPIT_AUTH__PLATFORM_ADMIN_EMAILS", &admins)]).await;
+    let email = format!("tutor-{}@example.com", Uuid::now_v7().simple());
+    let tutor = sign_up(&mut users, &email).await;
+    let tokens = tutor.tokens.expect("tokens");
+
+    // A PENDING student, claimed through the bot by a targeted invite.
+    let pending = users
+        .create_user(bearer(
+            pb::CreateUserRequest {
+                request_id: Uuid::now_v7().to_string(),
+                role: pb::Role::Student as i32,
+                display_name: "Петя".into(),
+                ..Default::default()
+            },
+            &tokens.access_token,
+        ))
+        .await
+        .expect("created")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(pending.status(), pb::UserStatus::Pending);
+    assert_eq!(pending.time_zone, "Europe/Moscow", "the tutor's zone");
+    let targeted = invite(
+        &mut users,
+        &tokens.access_token,
+        pb::CreateInviteRequest {
+            role: pb::Role::Student as i32,
+            target_user_id: pending.user_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let preview = users
+        .preview_invite(pb::PreviewInviteRequest {
+            code: targeted.code.clone(),
+        })
+        .await
+        .expect("preview")
+        .into_inner();
+    assert_eq!(preview.target_display_name, "Петя");
+    let claimed = redeem(&mut users, &targeted.code, telegram(telegram_id(), "Пётр"))
+        .await
+        .expect("claimed");
+    assert!(!claimed.account_created && claimed.telegram_bound);
+    let user = claimed.user.expect("user");
+    assert_eq!(user.user_id, pending.user_id);
+    assert_eq!(user.status(), pb::UserStatus::Active);
+
+    // A password change ends the other sessions and keeps this one.
+    let other = users
+        .login_with_password(pb::LoginWithPasswordRequest {
+            email: email.clone(),
+            password: "correct horse battery".into(),
+            client_name: "phone".into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .tokens
+        .expect("tokens");
+    let wrong = users
+        .change_password(bearer(
+            pb::ChangePasswordRequest {
+                current_password: "not the password".into(),
+                new_password: "a brand new passphrase".into(),
+            },
+            &tokens.access_token,
+        ))
+        .await
+        .expect_err("wrong current password");
+    assert_eq!(wrong.code(), Code::PermissionDenied);
+    users
+        .change_password(bearer(
+            pb::ChangePasswordRequest {
+                current_password: "correct horse battery".into(),
+                new_password: "a brand new passphrase".into(),
+            },
+            &tokens.access_token,
+        ))
+        .await
+        .expect("password changed");
+    let ended = users
+        .refresh_token(pb::RefreshTokenRequest {
+            refresh_token: other.refresh_token,
+        })
+        .await
+        .expect_err("the other session ended");
+    assert_eq!(ended.code(), Code::Unauthenticated);
+    let kept = users
+        .refresh_token(pb::RefreshTokenRequest {
+            refresh_token: tokens.refresh_token.clone(),
+        })
+        .await
+        .expect("this session stays")
+        .into_inner()
+        .tokens
+        .expect("tokens");
+
+    // A new login email replaces the old one.
+    let new_email = format!("renamed-{}@example.com", Uuid::now_v7().simple());
+    users
+        .change_email(bearer(
+            pb::ChangeEmailRequest {
+                new_email: new_email.clone(),
+                current_password: "a brand new passphrase".into(),
+            },
+            &kept.access_token,
+        ))
+        .await
+        .expect("email changed");
+    let login = |email: String| pb::LoginWithPasswordRequest {
+        email,
+        password: "a brand new passphrase".into(),
+        client_name: String::new(),
+    };
+    users
+        .login_with_password(login(new_email))
+        .await
+        .expect("the new email logs in");
+    let old = users
+        .login_with_password(login(email))
+        .await
+        .expect_err("the old email no longer does");
+    assert_eq!(old.code(), Code::Unauthenticated);
+
+    // A platform admin revokes the signing key: tokens it signed stop working at once.
+    let admin = sign_up(&mut users, &root).await;
+    let admin_tokens = admin.tokens.expect("tokens");
+    assert!(
+        admin
+            .user
+            .expect("user")
+            .roles
+            .iter()
+            .any(|g| g.role() == pb::Role::Admin && g.school_id.is_empty())
+    );
+    let denied = users
+        .rotate_signing_key(bearer(
+            pb::RotateSigningKeyRequest::default(),
+            &kept.access_token,
+        ))
+        .await
+        .expect_err("not a platform admin");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let rotated = users
+        .rotate_signing_key(bearer(
+            pb::RotateSigningKeyRequest {
+                revoke_previous: true,
+                ..Default::default()
+            },
+            &admin_tokens.access_token,
+        ))
+        .await
+        .expect("rotated")
+        .into_inner();
+    assert!(rotated.new_key.expect("key").signing);
+    let stale = users
+        .get_current_user(bearer(pb::GetCurrentUserRequest {}, &kept.access_token))
+        .await
+        .expect_err("signed with the revoked key");
+    assert_eq!(stale.code(), Code::Unauthenticated);
+    let fresh = users
+        .refresh_token(pb::RefreshTokenRequest {
+            refresh_token: kept.refresh_token,
+        })
+        .await
+        .expect("refresh still works")
+        .into_inner()
+        .tokens
+        .expect("tokens");
+    users
+        .get_current_user(bearer(pb::GetCurrentUserRequest {}, &fresh.access_token))
+        .await
+        .expect("signed with the new key");
+    let (exit, _) = server.terminate().await;
+    assert!(exit.success());
+}

@@ -439,11 +439,17 @@ impl UserApplication {
 
     /// Re-reads the signing-key ring (another replica may have rotated) and hands the verifier
     /// of this process the keys it should trust now.
+    /// Unchanged rings leave the verifier (and its cache of verified tokens) alone.
     pub async fn reload_keys(&self) -> Result<(), AppError> {
+        let before = self.keys.revision();
         self.keys
             .reload()
             .await
             .map_err(|e| AppError::Unavailable(e.to_string()))?;
+        if self.keys.revision() == before {
+            return Ok(());
+        }
+        tracing::info!(revision = ?self.keys.revision(), "signing keys changed; verifier updated");
         self.publish_keys().await
     }
 

@@ -723,10 +723,7 @@ impl UserApplication {
                     now,
                 };
                 user_result(self.users.execute(&user_stream_name, &set_email).await)?;
-                if !account
-                    .as_ref()
-                    .is_some_and(|a| !a.password_hash.is_empty())
-                {
+                if account.as_ref().is_none_or(|a| a.password_hash.is_empty()) {
                     let set_password = UserCommand::ChangePassword {
                         password_hash: hash_password(password.clone()).await?,
                         kept_session_id: String::new(),

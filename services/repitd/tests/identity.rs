@@ -908,6 +908,37 @@ async fn a_pending_student_is_claimed_by_a_targeted_invite_and_passwords_emails_
     assert_eq!(user.user_id, pending.user_id);
     assert_eq!(user.status(), pb::UserStatus::Active);
 
+    // The tutor unbinds Telegram (e.g. a new phone): the bot's session ends, the id is free.
+    let self_unbind = users
+        .unbind_telegram(bearer(
+            pb::UnbindTelegramRequest::default(),
+            &claimed.tokens.clone().expect("tokens").access_token,
+        ))
+        .await
+        .expect_err("telegram is the student's only way to log in");
+    assert_eq!(violation(&self_unbind), "LAST_LOGIN_METHOD");
+    let unbound = users
+        .unbind_telegram(bearer(
+            pb::UnbindTelegramRequest {
+                user_id: user.user_id.clone(),
+                expected_revision: None,
+            },
+            &tokens.access_token,
+        ))
+        .await
+        .expect("unbound")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(unbound.telegram_user_id, 0);
+    let ended = users
+        .refresh_token(pb::RefreshTokenRequest {
+            refresh_token: claimed.tokens.expect("tokens").refresh_token,
+        })
+        .await
+        .expect_err("the bot's session ended");
+    assert_eq!(ended.code(), Code::Unauthenticated);
+
     // A password change ends the other sessions and keeps this one.
     let other = users
         .login_with_password(pb::LoginWithPasswordRequest {

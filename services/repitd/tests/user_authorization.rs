@@ -70,7 +70,8 @@ const MATRIX: [(&str, [Code; 6]); 34] = [
     ("ListInvites", [UNAUTH, TODO, TODO, TODO, TODO, TODO]),
     // The tutor's invite: the student and parent of the tenancy see it, the school admin does not.
     ("RevokeInvite", [UNAUTH, OK, DENIED, DENIED, HIDDEN, OK]),
-    ("UnbindTelegram", [UNAUTH, TODO, TODO, TODO, TODO, TODO]),
+    // The second student's binding: their tutor unbinds it, so the platform admin finds none.
+    ("UnbindTelegram", [UNAUTH, OK, HIDDEN, HIDDEN, HIDDEN, RULE]),
     ("CreateUser", [UNAUTH, OK, DENIED, DENIED, DENIED, OK]),
     ("GetCurrentUser", [UNAUTH, OK, OK, OK, OK, OK]),
     // The student: themselves, their tutor, their parent; not the school admin (another school).
@@ -478,7 +479,13 @@ async fn call(
         ),
         "UnbindTelegram" => code(
             users
-                .unbind_telegram(bearer(pb::UnbindTelegramRequest::default(), token))
+                .unbind_telegram(bearer(
+                    pb::UnbindTelegramRequest {
+                        user_id: fx.second_student_id.clone(),
+                        expected_revision: None,
+                    },
+                    token,
+                ))
                 .await,
         ),
         "CreateUser" => code(

@@ -766,11 +766,11 @@ impl UserApplication {
             presented_sha256: sha256_hex(refresh_token),
             next_sha256: sha256_hex(&next),
             next_expires_at: next_expires,
-            dead_before: if user.kept_session_id == session_id {
-                None
-            } else {
-                user.sessions_dead_before
-            },
+            dead_before: user.sessions_cut_off(
+                session_id,
+                pb::SignInMethod::try_from(session.sign_in_method)
+                    .unwrap_or(pb::SignInMethod::Password),
+            ),
             now,
         };
         let executed = match self.sessions.execute(&stream, &command).await {

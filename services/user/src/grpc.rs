@@ -6,8 +6,7 @@
 //! so the limit reveals nothing about accounts.
 //!
 //! Not built yet, answering UNIMPLEMENTED naming themselves: ListSessions, ListInvites,
-//! ListUsers (they need read models), UnbindTelegram, and the schools (CreateSchool, GetSchool,
-//! UpdateSchool).
+//! ListUsers (they need read models), and the schools (CreateSchool, GetSchool, UpdateSchool).
 
 use std::time::Duration;
 
@@ -889,9 +888,27 @@ impl UserService for UserGrpc {
 
     async fn unbind_telegram(
         &self,
-        _request: Request<pb::UnbindTelegramRequest>,
+        request: Request<pb::UnbindTelegramRequest>,
     ) -> Result<Response<pb::UnbindTelegramResponse>, Status> {
-        Err(not_implemented("repit.user.v1.UserService/UnbindTelegram"))
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let mut f = Fields::default();
+        optional_id(&mut f, "user_id", &r.user_id);
+        f.finish().map_err(status)?;
+        let user_id = if r.user_id.is_empty() {
+            caller.user_id.clone()
+        } else {
+            r.user_id
+        };
+        let user = self
+            .app
+            .unbind_telegram(&caller, &user_id, r.expected_revision)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UnbindTelegramResponse {
+            revision: user.revision,
+            user: Some(user),
+        }))
     }
 
     async fn create_user(

@@ -672,6 +672,78 @@ impl UserApplication {
         Ok(user)
     }
 
+    /// UnbindTelegram: the user themselves (if email and password remain to log in with), or
+    /// the tutor of their tenancy, an admin of that tutor's school, or a platform admin. The
+    /// bot's sessions end (refresh checks the cut-off) and the Telegram id is released.
+    pub async fn unbind_telegram(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<pb::User, AppError> {
+        let now = Utc::now();
+        let account = self.load_user(user_id).await?;
+        let target = account.user.clone().ok_or(AppError::NotFound)?;
+        if self.visibility(caller, &target).await == Visibility::Hidden {
+            return Err(AppError::NotFound);
+        }
+        if user_id == caller.user_id {
+            if target.telegram_user_id != 0
+                && (target.email.is_empty() || account.password_hash.is_empty())
+            {
+                return Err(AppError::rule(
+                    "LAST_LOGIN_METHOD",
+                    "without telegram the account would have no way to log in",
+                ));
+            }
+        } else {
+            let mut manages = caller.is_platform_admin();
+            for tutor in tutors_of(&target) {
+                if manages {
+                    break;
+                }
+                manages = (caller.is_tutor() && tutor == caller.user_id)
+                    || self.administers_tutor(caller, tutor).await;
+            }
+            if !manages {
+                return Err(AppError::denied(
+                    "only the user, their tutor or an admin unbinds telegram",
+                ));
+            }
+        }
+        let telegram_user_id = target.telegram_user_id;
+        let options = ExecuteOptions {
+            expected_revision,
+            ..ExecuteOptions::default()
+        };
+        let command = UserCommand::UnbindTelegram {
+            actor: caller.user_id.clone(),
+            now,
+        };
+        let executed = user_result(
+            self.users
+                .execute_with(&user_stream(user_id)?, &command, &options)
+                .await,
+        )?;
+        let release = LoginNameCommand::ReleaseTelegram {
+            telegram_user_id,
+            user_id: user_id.to_owned(),
+            actor: caller.user_id.clone(),
+            now,
+        };
+        if let Err(error) = self
+            .names
+            .execute(&super::telegram_stream(telegram_user_id)?, &release)
+            .await
+        {
+            // The account no longer uses it; a stuck claim only blocks rebinding that id.
+            tracing::warn!(%error, "failed to release a telegram login name");
+        }
+        let mut user = executed.state.user.ok_or(AppError::NotFound)?;
+        user.revision = executed.revision.unwrap_or(0);
+        Ok(user)
+    }
+
     /// RotateSigningKey (platform admin only); the verifier of this process learns the new key
     /// set at once.
     pub async fn rotate_signing_key(

@@ -41,6 +41,8 @@ pub struct UserAggregate {
     pub request_id: String,
     /// The session that survived the last password change (empty: none).
     pub kept_session_id: String,
+    /// Sessions started through the bot before this instant are over (Telegram was unbound).
+    pub telegram_sessions_dead_before: Option<DateTime<Utc>>,
 }
 
 /// A PENDING account becomes ACTIVE once it has a way to log in.
@@ -188,6 +190,11 @@ pub enum UserCommand {
         actor: String,
         now: DateTime<Utc>,
     },
+    /// Removes the Telegram binding (its login name is released after).
+    UnbindTelegram {
+        actor: String,
+        now: DateTime<Utc>,
+    },
 }
 
 /// Why an account refused a command.
@@ -215,6 +222,8 @@ pub enum UserError {
     AlreadyLinked,
     #[error("the parent is not linked")]
     NotLinked,
+    #[error("the account has no telegram bound")]
+    NoTelegramBound,
 }
 
 impl UserError {
@@ -226,6 +235,7 @@ impl UserError {
             Self::TelegramAlreadyBound => Some("TELEGRAM_ALREADY_BOUND"),
             Self::ParentLimitReached => Some("PARENT_LIMIT_REACHED"),
             Self::CannotBeOwnParent => Some("CANNOT_BE_OWN_PARENT"),
+            Self::NoTelegramBound => Some("NO_TELEGRAM_BOUND"),
             _ => None,
         }
     }
@@ -273,6 +283,25 @@ impl UserAggregate {
                 .iter()
                 .any(|g| same_grant(g, role as i32, tutor_id, school_id))
         })
+    }
+
+    /// The cut-off for a session started with `method`: sessions that started before it are
+    /// over (log out everywhere, password change, deactivation; Telegram unbound for the bot's).
+    /// `None` for the session a password change kept.
+    pub fn sessions_cut_off(
+        &self,
+        session_id: &str,
+        method: pb::SignInMethod,
+    ) -> Option<DateTime<Utc>> {
+        let general = if self.kept_session_id == session_id {
+            None
+        } else {
+            self.sessions_dead_before
+        };
+        let telegram = (method == pb::SignInMethod::Telegram)
+            .then_some(self.telegram_sessions_dead_before)
+            .flatten();
+        general.max(telegram)
     }
 
     /// Whether the account may log in and refresh.
@@ -516,6 +545,18 @@ impl Aggregate for UserAggregate {
                     occurred_at: Some(timestamp(*now)),
                 })])
             }
+            UserCommand::UnbindTelegram { actor, now } => {
+                let user = self.user.as_ref().ok_or(UserError::NotFound)?;
+                if user.telegram_user_id == 0 {
+                    return Err(UserError::NoTelegramBound);
+                }
+                Ok(vec![UserEvent::TelegramUnbound(pb::TelegramUnbound {
+                    user_id: user.user_id.clone(),
+                    telegram_user_id: user.telegram_user_id,
+                    actor_user_id: actor.clone(),
+                    occurred_at: Some(timestamp(*now)),
+                })])
+            }
             UserCommand::Reactivate { actor, now } => {
                 let user = self.user.as_ref().ok_or(UserError::NotFound)?;
                 if user.status() != pb::UserStatus::Deactivated {
@@ -567,9 +608,10 @@ impl Aggregate for UserAggregate {
                 user.telegram_username.clone_from(&e.telegram_username);
                 claimed(user);
             }
-            UserEvent::TelegramUnbound(_) => {
+            UserEvent::TelegramUnbound(e) => {
                 user.telegram_user_id = 0;
                 user.telegram_username.clear();
+                self.telegram_sessions_dead_before = Some(from_timestamp(e.occurred_at.as_ref()));
             }
             UserEvent::TelegramUsernameChanged(e) => {
                 user.telegram_username.clone_from(&e.telegram_username);
@@ -892,5 +934,28 @@ mod tests {
         given::<UserAggregate>(registered("s", pb::RegistrationMethod::Invite, 7))
             .when(&reactivate)
             .then_error(UserError::Active);
+    }
+
+    #[test]
+    fn unbinding_telegram_ends_only_the_bots_sessions_and_needs_a_binding() {
+        let mut state = state_of(&registered("s", pb::RegistrationMethod::Invite, 7));
+        let unbind = UserCommand::UnbindTelegram {
+            actor: "t".into(),
+            now: DateTime::UNIX_EPOCH + chrono::TimeDelta::hours(1),
+        };
+        for e in state.decide(&unbind).unwrap_or_default() {
+            state.evolve(&e);
+        }
+        assert_eq!(state.user.as_ref().map(|u| u.telegram_user_id), Some(0));
+        assert!(
+            state
+                .sessions_cut_off("x", pb::SignInMethod::Telegram)
+                .is_some()
+        );
+        assert_eq!(
+            state.sessions_cut_off("x", pb::SignInMethod::Password),
+            None
+        );
+        assert_eq!(state.decide(&unbind), Err(UserError::NoTelegramBound));
     }
 }

@@ -106,9 +106,11 @@ const MATRIX: [(&str, [Code; 6]); 34] = [
     // student, the parent (whose token still names the child) may not, and the platform admin
     // finds no link.
     ("UnlinkParent", [UNAUTH, OK, HIDDEN, DENIED, HIDDEN, HIDDEN]),
-    ("CreateSchool", [UNAUTH, TODO, TODO, TODO, TODO, TODO]),
-    ("GetSchool", [UNAUTH, TODO, TODO, TODO, TODO, TODO]),
-    ("UpdateSchool", [UNAUTH, TODO, TODO, TODO, TODO, TODO]),
+    // Tutors and platform admins create schools.
+    ("CreateSchool", [UNAUTH, OK, DENIED, DENIED, DENIED, OK]),
+    // The school admin's school: hidden from everyone but its members and platform admins.
+    ("GetSchool", [UNAUTH, HIDDEN, HIDDEN, HIDDEN, OK, OK]),
+    ("UpdateSchool", [UNAUTH, HIDDEN, HIDDEN, HIDDEN, OK, OK]),
 ];
 
 fn bearer<T>(message: T, token: Option<&str>) -> Request<T> {
@@ -133,6 +135,8 @@ struct Fixture {
     open_code: String,
     /// An invite of the tutor, for RevokeInvite.
     tutor_invite_id: String,
+    /// The school the school admin administers (the tutor does not teach there).
+    school_id: String,
 }
 
 async fn serve() -> (ChildServer, UserServiceClient<Channel>) {
@@ -244,12 +248,26 @@ async fn fixture(users: &mut UserServiceClient<Channel>) -> Fixture {
     let root = sign_up(users, ROOT).await;
     let root_token = root.tokens.expect("tokens").access_token;
     // A school admin of a school the tutor does not teach in.
+    let school_id = users
+        .create_school(bearer(
+            pb::CreateSchoolRequest {
+                request_id: Uuid::now_v7().to_string(),
+                name: "Lyceum".into(),
+            },
+            Some(&root_token),
+        ))
+        .await
+        .expect("school created")
+        .into_inner()
+        .school
+        .expect("school")
+        .school_id;
     let admins = create_invite(
         users,
         &root_token,
         pb::CreateInviteRequest {
             role: pb::Role::Admin as i32,
-            school_id: Uuid::now_v7().to_string(),
+            school_id: school_id.clone(),
             ..Default::default()
         },
     )
@@ -304,6 +322,7 @@ async fn fixture(users: &mut UserServiceClient<Channel>) -> Fixture {
         second_student_id: second.user.expect("user").user_id,
         open_code: open.code,
         tutor_invite_id: tutor_invite.invite.expect("invite").invite_id,
+        school_id,
     }
 }
 
@@ -650,14 +669,19 @@ async fn call(
         ),
         "GetSchool" => code(
             users
-                .get_school(bearer(pb::GetSchoolRequest { school_id: id() }, token))
+                .get_school(bearer(
+                    pb::GetSchoolRequest {
+                        school_id: fx.school_id.clone(),
+                    },
+                    token,
+                ))
                 .await,
         ),
         "UpdateSchool" => code(
             users
                 .update_school(bearer(
                     pb::UpdateSchoolRequest {
-                        school_id: id(),
+                        school_id: fx.school_id.clone(),
                         name: "Renamed".into(),
                         update_mask: Some(prost_types::FieldMask {
                             paths: vec!["name".into()],

@@ -8,11 +8,13 @@
 //!
 //! - `invites`: CreateInvite, CreateTelegramBindingInvite, PreviewInvite, RedeemInvite,
 //!   RevokeInvite, LoginWithTelegram and the bot credential.
+//! - `schools`: CreateSchool, GetSchool, UpdateSchool.
 //! - `accounts`: CreateUser, GetUser, roles, parent links, password, email, sessions,
 //!   deactivation, key rotation, and the visibility rules they share.
 
 mod accounts;
 mod invites;
+mod schools;
 
 pub use accounts::Visibility;
 pub use invites::{NewInvite, Redeemed, Redeemer};
@@ -33,6 +35,7 @@ use uuid::Uuid;
 use crate::domain::invite::InviteCodec;
 use crate::domain::invite_code::{InviteCodeAggregate, InviteCodeCodec};
 use crate::domain::login_name::LoginNameCodec;
+use crate::domain::school::{SchoolAggregate, SchoolCodec};
 use crate::domain::session::SessionCodec;
 use crate::domain::user::{Register, UserCodec};
 use crate::domain::{
@@ -256,6 +259,7 @@ pub struct UserApplication {
     sessions: Arc<Repository<SessionAggregate, SessionCodec>>,
     invites: Arc<Repository<InviteAggregate, InviteCodec>>,
     codes: Arc<Repository<InviteCodeAggregate, InviteCodeCodec>>,
+    schools: Arc<Repository<SchoolAggregate, SchoolCodec>>,
     keys: KeyRing,
     /// The verifier of this process, given new keys as soon as a rotation here changes them.
     verifier: Option<Arc<Verifier>>,
@@ -303,6 +307,10 @@ fn telegram_stream(telegram_user_id: i64) -> Result<StreamName, AppError> {
 
 fn invite_stream(invite_id: &str) -> Result<StreamName, AppError> {
     stream(format!("invite-{invite_id}"))
+}
+
+fn school_stream(school_id: &str) -> Result<StreamName, AppError> {
+    stream(format!("school-{school_id}"))
 }
 
 fn invite_code_stream(code_sha256: &str) -> Result<StreamName, AppError> {
@@ -416,7 +424,8 @@ impl UserApplication {
             names: Arc::new(Repository::new(store.clone(), LoginNameCodec)),
             sessions: Arc::new(Repository::new(store.clone(), SessionCodec)),
             invites: Arc::new(Repository::new(store.clone(), InviteCodec)),
-            codes: Arc::new(Repository::new(store, InviteCodeCodec)),
+            codes: Arc::new(Repository::new(store.clone(), InviteCodeCodec)),
+            schools: Arc::new(Repository::new(store, SchoolCodec)),
             keys,
             verifier: None,
             issuer,

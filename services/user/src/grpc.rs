@@ -5,8 +5,8 @@
 //! and per account identifier (email, Telegram id) before any work, counting every attempt alike,
 //! so the limit reveals nothing about accounts.
 //!
-//! Not built yet, answering UNIMPLEMENTED naming themselves: ListSessions, ListInvites,
-//! ListUsers (they need read models), and the schools (CreateSchool, GetSchool, UpdateSchool).
+//! Not built yet, answering UNIMPLEMENTED naming themselves: ListSessions, ListInvites and
+//! ListUsers (they need read models).
 
 use std::time::Duration;
 
@@ -1268,22 +1268,76 @@ impl UserService for UserGrpc {
 
     async fn create_school(
         &self,
-        _request: Request<pb::CreateSchoolRequest>,
+        request: Request<pb::CreateSchoolRequest>,
     ) -> Result<Response<pb::CreateSchoolResponse>, Status> {
-        Err(not_implemented("repit.user.v1.UserService/CreateSchool"))
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let mut f = Fields::default();
+        optional_id(&mut f, "request_id", &r.request_id);
+        f.text("name", r.name.trim(), 1, 200);
+        f.finish().map_err(status)?;
+        let school = self
+            .app
+            .create_school(&caller, &r.request_id, r.name.trim().to_owned())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateSchoolResponse {
+            revision: school.revision,
+            school: Some(school),
+        }))
     }
 
     async fn get_school(
         &self,
-        _request: Request<pb::GetSchoolRequest>,
+        request: Request<pb::GetSchoolRequest>,
     ) -> Result<Response<pb::GetSchoolResponse>, Status> {
-        Err(not_implemented("repit.user.v1.UserService/GetSchool"))
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let mut f = Fields::default();
+        required_id(&mut f, "school_id", &r.school_id);
+        f.finish().map_err(status)?;
+        let school = self
+            .app
+            .get_school(&caller, &r.school_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetSchoolResponse {
+            school: Some(school),
+        }))
     }
 
     async fn update_school(
         &self,
-        _request: Request<pb::UpdateSchoolRequest>,
+        request: Request<pb::UpdateSchoolRequest>,
     ) -> Result<Response<pb::UpdateSchoolResponse>, Status> {
-        Err(not_implemented("repit.user.v1.UserService/UpdateSchool"))
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let mut f = Fields::default();
+        required_id(&mut f, "school_id", &r.school_id);
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        if paths.is_empty() {
+            f.bad("update_mask", "required; paths: name");
+        }
+        for path in &paths {
+            if path != "name" {
+                f.bad("update_mask", &format!("unknown path {path:?}"));
+            }
+        }
+        f.text("name", r.name.trim(), 1, 200);
+        f.finish().map_err(status)?;
+        let school = self
+            .app
+            .rename_school(
+                &caller,
+                &r.school_id,
+                r.name.trim().to_owned(),
+                r.expected_revision,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateSchoolResponse {
+            revision: school.revision,
+            school: Some(school),
+        }))
     }
 }

@@ -192,6 +192,9 @@ impl UserApplication {
                         "only the school's admins invite its tutors and admins",
                     ));
                 }
+                if !new.school_id.is_empty() && self.school(&new.school_id).await?.is_none() {
+                    return Err(AppError::Missing("school not found"));
+                }
             }
             pb::Role::Unspecified => return Err(AppError::invalid("role", "required")),
         }
@@ -372,8 +375,16 @@ impl UserApplication {
             kind: invite.kind,
             role: invite.role,
             tutor_display_name: name_of(invite.tutor_id.clone()).await,
-            // Schools are not built yet: no name to show.
-            school_name: String::new(),
+            school_name: match invite.school_id.as_str() {
+                "" => String::new(),
+                school => self
+                    .school(school)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| s.name)
+                    .unwrap_or_default(),
+            },
             target_display_name: name_of(invite.target_user_id.clone()).await,
             student_display_name: name_of(invite.student_id.clone()).await,
             note: invite.note,

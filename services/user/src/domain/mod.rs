@@ -6,6 +6,7 @@
 //!   code through `invite-code-<sha256>`.
 //! - [`login_name`]: `login-email-<sha256>` / `login-telegram-<id>`, so a login name has one
 //!   account, however concurrent the sign-ups.
+//! - [`school`]: `school-<school_id>`, a school's name (its members are grants on user streams).
 //! - [`session`]: `session-<session_id>`, one family of rotating refresh tokens with reuse
 //!   detection.
 //! - [`signing_keys`]: `signing-keys`, the ring of token signing keys (sealed private keys,
@@ -14,6 +15,7 @@
 pub mod invite;
 pub mod invite_code;
 pub mod login_name;
+pub mod school;
 pub mod session;
 pub mod signing_keys;
 pub mod user;

@@ -907,6 +907,54 @@ async fn a_pending_student_is_claimed_by_a_targeted_invite_and_passwords_emails_
     let user = claimed.user.expect("user");
     assert_eq!(user.user_id, pending.user_id);
     assert_eq!(user.status(), pb::UserStatus::Active);
+    let browser = |code: &str, email: &str, password: &str| pb::RedeemInviteRequest {
+        code: code.into(),
+        redeemer: Some(pb::redeem_invite_request::Redeemer::NewAccount(
+            pb::EmailPassword {
+                email: email.into(),
+                password: password.into(),
+            },
+        )),
+        ..Default::default()
+    };
+    let hijack = users
+        .redeem_invite(browser(
+            &targeted.code,
+            "thief@example.com",
+            "a long enough password",
+        ))
+        .await
+        .expect_err("the target is claimed");
+    assert_eq!(violation(&hijack), "TARGET_ALREADY_CLAIMED");
+
+    // A browser sign-up through an invite link; a retry must know the password.
+    let open = invite(
+        &mut users,
+        &tokens.access_token,
+        pb::CreateInviteRequest {
+            role: pb::Role::Parent as i32,
+            max_uses: 5,
+            ..Default::default()
+        },
+    )
+    .await;
+    let parent_email = format!("parent-{}@example.com", Uuid::now_v7().simple());
+    let joined = users
+        .redeem_invite(browser(&open.code, &parent_email, "a long enough password"))
+        .await
+        .expect("joined from the browser")
+        .into_inner();
+    assert!(joined.account_created && joined.tokens.is_some());
+    assert_eq!(joined.granted_roles[0].role(), pb::Role::Parent);
+    users
+        .redeem_invite(browser(&open.code, &parent_email, "a long enough password"))
+        .await
+        .expect("a retry by the same person");
+    let guess = users
+        .redeem_invite(browser(&open.code, &parent_email, "somebody else's guess"))
+        .await
+        .expect_err("a retry must know the password");
+    assert_eq!(guess.code(), Code::AlreadyExists);
 
     // The tutor unbinds Telegram (e.g. a new phone): the bot's session ends, the id is free.
     let self_unbind = users

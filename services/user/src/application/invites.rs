@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::{
     AppError, Tokens, UserApplication, email_stream, hash_password, id_for, invite_code_stream,
     invite_stream, normalise_email, sha256_hex, telegram_stream, user_result, user_stream,
+    verify_password,
 };
 use crate::domain::invite::CreateInvite;
 use crate::domain::invite_code::{ClaimInviteCode, InviteCodeTaken};
@@ -486,11 +487,14 @@ impl UserApplication {
                     }
                     None if !target.is_empty() => {
                         let account = self.load_user(&target).await?;
-                        if account
-                            .user
-                            .as_ref()
-                            .is_some_and(|u| u.telegram_user_id != 0)
-                        {
+                        // A JOIN target must still be PENDING (claimed by nobody); a binding
+                        // invite's target is its active creator, without Telegram.
+                        let claimed = account.user.as_ref().is_some_and(|u| {
+                            u.telegram_user_id != 0
+                                || (kind == pb::InviteKind::Join
+                                    && u.status() != pb::UserStatus::Pending)
+                        });
+                        if claimed {
                             return Err(AppError::rule(
                                 "TARGET_ALREADY_CLAIMED",
                                 "the account was claimed by someone else",
@@ -505,7 +509,7 @@ impl UserApplication {
                     }
                 }
             }
-            Redeemer::NewAccount { email, .. } => {
+            Redeemer::NewAccount { email, password } => {
                 if kind == pb::InviteKind::BindTelegram {
                     return Err(AppError::invalid(
                         "new_account",
@@ -526,17 +530,27 @@ impl UserApplication {
                     _ => {}
                 }
                 let existing = self.load_user(&id).await.ok();
-                if !target.is_empty()
-                    && existing.as_ref().is_some_and(|a| {
-                        a.user
-                            .as_ref()
-                            .is_some_and(|u| !u.email.is_empty() && u.email != email)
-                    })
+                if let Some(account) = &existing
+                    && account
+                        .user
+                        .as_ref()
+                        .is_some_and(|u| u.status() != pb::UserStatus::Pending)
                 {
-                    return Err(AppError::rule(
-                        "TARGET_ALREADY_CLAIMED",
-                        "the account was claimed by someone else",
-                    ));
+                    // Claimed already: only a retry by the same person (same email, same
+                    // password) may go on, or it would hand out a session to the account.
+                    let same = account.user.as_ref().is_some_and(|u| u.email == email)
+                        && !account.password_hash.is_empty()
+                        && verify_password(password.clone(), account.password_hash.clone()).await;
+                    if !same {
+                        return Err(if target.is_empty() {
+                            AppError::AlreadyExists("the email already has an account")
+                        } else {
+                            AppError::rule(
+                                "TARGET_ALREADY_CLAIMED",
+                                "the account was claimed by someone else",
+                            )
+                        });
+                    }
                 }
                 (id, existing)
             }

@@ -1116,3 +1116,52 @@ async fn a_pending_student_is_claimed_by_a_targeted_invite_and_passwords_emails_
     let (exit, _) = server.terminate().await;
     assert!(exit.success());
 }
+
+#[tokio::test]
+async fn a_tutor_signs_up_through_the_bot_once_per_telegram_id_and_only_with_its_credential() {
+    let (server, mut users) = serve().await;
+    let id = telegram_id();
+    let sign_up = |assertion: pb::TelegramBotAssertion| pb::SignUpTutorRequest {
+        request_id: Uuid::now_v7().to_string(),
+        credentials: Some(pb::sign_up_tutor_request::Credentials::Telegram(assertion)),
+        display_name: "Ирина".into(),
+        time_zone: "Asia/Yekaterinburg".into(),
+        client_name: "telegram bot".into(),
+        ..Default::default()
+    };
+    let signed = users
+        .sign_up_tutor(sign_up(telegram(id, "Ирина")))
+        .await
+        .expect("signed up through the bot")
+        .into_inner();
+    let tutor = signed.user.expect("user");
+    assert_eq!(tutor.telegram_user_id, id);
+    assert!(!tutor.has_password && tutor.email.is_empty());
+    assert_eq!(
+        claims(&signed.tokens.expect("tokens").access_token)["amr"][0],
+        "telegram"
+    );
+    let again = users
+        .sign_up_tutor(sign_up(telegram(id, "Ирина")))
+        .await
+        .expect_err("one account per telegram id");
+    assert_eq!(again.code(), Code::AlreadyExists);
+    let mut forged = telegram(telegram_id(), "Ирина");
+    forged.bot_credential = "a guess at the bot credential".into();
+    let refused = users
+        .sign_up_tutor(sign_up(forged))
+        .await
+        .expect_err("not the bot");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let login = users
+        .login_with_telegram(pb::LoginWithTelegramRequest {
+            telegram: Some(telegram(id, "Ирина")),
+            client_name: String::new(),
+        })
+        .await
+        .expect("the bot logs the tutor in")
+        .into_inner();
+    assert_eq!(login.user.expect("user").user_id, tutor.user_id);
+    let (exit, _) = server.terminate().await;
+    assert!(exit.success());
+}

@@ -790,6 +790,17 @@ async fn logins_are_rate_limited_per_account_and_unknown_emails_count_like_known
     let (server, mut users) = serve_with(&[("REPIT_AUTH__RATE_LIMIT_ACCOUNT_BURST", "3")]).await;
     let known = format!("known-{}@example.com", Uuid::now_v7().simple());
     sign_up(&mut users, &known).await;
+    // Successful logins give their attempt back: only failures count.
+    for _ in 0..5 {
+        users
+            .login_with_password(pb::LoginWithPasswordRequest {
+                email: known.clone(),
+                password: "correct horse battery".into(),
+                client_name: String::new(),
+            })
+            .await
+            .expect("logged in");
+    }
     let unknown = format!("unknown-{}@example.com", Uuid::now_v7().simple());
     // The sign-up took one attempt of the known email's budget; one failed login takes the
     // same from the unknown one's.

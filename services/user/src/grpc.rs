@@ -455,7 +455,7 @@ impl UserService for UserGrpc {
             "email:{}",
             crate::application::normalise_email(&request.get_ref().email)
         );
-        self.limit(&request, Some(key))?;
+        self.limit(&request, Some(key.clone()))?;
         let r = request.into_inner();
         let mut f = Fields::default();
         if r.email.is_empty() || r.email.len() > 254 {
@@ -471,6 +471,7 @@ impl UserService for UserGrpc {
             .login_with_password(&r.email, r.password, r.client_name)
             .await
             .map_err(status)?;
+        self.limiters.account.refund(&key);
         Ok(Response::new(pb::LoginWithPasswordResponse {
             tokens: Some(issued(tokens)),
             user: Some(user),
@@ -486,7 +487,7 @@ impl UserService for UserGrpc {
             .telegram
             .as_ref()
             .map(|t| format!("tg:{}", t.telegram_user_id));
-        self.limit(&request, key)?;
+        self.limit(&request, key.clone())?;
         let r = request.into_inner();
         let mut f = Fields::default();
         let Some(telegram) = r.telegram else {
@@ -504,6 +505,9 @@ impl UserService for UserGrpc {
             )
             .await
             .map_err(status)?;
+        if let Some(key) = key {
+            self.limiters.account.refund(&key);
+        }
         Ok(Response::new(pb::LoginWithTelegramResponse {
             tokens: Some(issued(tokens)),
             user: Some(user),

@@ -1,8 +1,9 @@
 //! Rate limits of the public RPCs (login, sign-up, refresh, invites): a token bucket per key
 //! (a client address, or an account identifier such as an email hash or a Telegram id).
 //!
-//! Every attempt takes a token, whether it succeeds or not and whether the account exists or
-//! not, so the limit itself reveals nothing about accounts. The table is bounded: when it is full,
+//! Every attempt takes a token whether the account exists or not, so the limit itself reveals
+//! nothing about accounts; a successful login gives its account token back (the contract limits
+//! repeated failures), which tells the caller nothing they did not just prove. The table is bounded: when it is full,
 //! buckets that have refilled completely (they remember nothing) are dropped first, then the
 //! stalest, so a flood of fresh addresses cannot grow memory without limit.
 //!
@@ -66,6 +67,17 @@ impl RateLimiter {
         }
     }
 
+    /// Gives back the token an attempt took (a login that succeeded: only failures count).
+    pub fn refund(&self, key: &str) {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(bucket) = buckets.get_mut(key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        }
+    }
+
     fn evict(&self, buckets: &mut HashMap<String, Bucket>, now: Instant) {
         let full_after = Duration::from_secs_f64(self.burst / self.per_second);
         buckets.retain(|_, b| now.saturating_duration_since(b.updated) < full_after);
@@ -94,5 +106,8 @@ mod tests {
         assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
         assert_eq!(limiter.check("b", start), Ok(()));
         assert_eq!(limiter.check("a", start + Duration::from_secs(1)), Ok(()));
+        limiter.refund("a");
+        assert_eq!(limiter.check("a", start + Duration::from_secs(1)), Ok(()));
+        assert!(limiter.check("a", start + Duration::from_secs(1)).is_err());
     }
 }

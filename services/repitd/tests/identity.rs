@@ -768,6 +768,37 @@ async fn a_parent_invite_links_parents_and_a_third_parent_is_refused() {
         .into_inner()
         .tokens
         .expect("tokens");
+    // A parent who starts tutoring adds the tutor role to the same account.
+    let as_tutor = |token: &str| {
+        bearer(
+            pb::SignUpTutorRequest {
+                credentials: Some(pb::sign_up_tutor_request::Credentials::CurrentUser(
+                    pb::CurrentUser {},
+                )),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    let tutoring = users
+        .sign_up_tutor(as_tutor(&next.access_token))
+        .await
+        .expect("the parent becomes a tutor")
+        .into_inner();
+    assert!(tutoring.tokens.is_none());
+    assert!(
+        tutoring
+            .user
+            .expect("user")
+            .roles
+            .iter()
+            .any(|g| g.role() == pb::Role::Tutor)
+    );
+    let twice = users
+        .sign_up_tutor(as_tutor(&next.access_token))
+        .await
+        .expect_err("a tutor already");
+    assert_eq!(twice.code(), Code::AlreadyExists);
     let roles = claims(&next.access_token)["roles"].clone();
     assert!(
         roles

@@ -14,8 +14,8 @@ use repit_lesson::{LessonApplication, LessonSettings};
 use repit_platform::auth::{AuthLayer, Verifier};
 use repit_platform::{Config, RequestContextLayer, status};
 use repit_projections::{FeedSource, ReadModelDb};
-use repit_user::application::{UserApplication, UserSettings};
-use repit_user::grpc::UserGrpc;
+use repit_user::application::{BotCredential, UserApplication, UserSettings};
+use repit_user::grpc::{RateLimits, UserGrpc};
 use repit_user::keys::{KeyEncryptionKey, KeyRing};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -302,16 +302,39 @@ async fn open_user(config: &Config, store: Arc<dyn EventStore>) -> anyhow::Resul
     let keys = KeyRing::open(store.clone(), kek, chrono::Utc::now())
         .await
         .context("failed to open the signing-key ring")?;
+    let bot_credential = config
+        .auth
+        .bot_credential()
+        .with_context(|| {
+            format!(
+                "failed to read the bot credential file {}",
+                config.auth.bot_credential_file
+            )
+        })?
+        .map(BotCredential::new);
+    if bot_credential.is_none() {
+        tracing::warn!("no auth.bot_credential configured: the Telegram bot cannot log users in");
+    }
     let settings = UserSettings {
         issuer: config.auth.issuer.clone(),
         audience: config.auth.audience.clone(),
+        bot_credential,
+        bot_username: config.auth.bot_username.clone(),
+        platform_admin_emails: config
+            .auth
+            .platform_admin_emails
+            .iter()
+            .map(|e| repit_user::application::normalise_email(e))
+            .collect(),
         ..UserSettings::default()
     };
     UserApplication::new(store, keys, settings).context("failed to start the user service")
 }
 
 /// Mounts the user service behind the auth layer (its public RPCs stay open) and the request
-/// context layer, outermost, so the actor reaches the events it appends.
+/// context layer, outermost, so the actor reaches the events it appends. The process's verifier
+/// is handed to the service so that a rotation made here reaches it at once; other replicas'
+/// rotations reach it through [`crate::verifying_keys`].
 fn mount_user(
     routes: Routes,
     config: &Config,
@@ -319,8 +342,16 @@ fn mount_user(
     verifier: Arc<Verifier>,
 ) -> Routes {
     use tower::Layer;
+    let user = user.clone().with_verifier(Arc::clone(&verifier));
     let auth = AuthLayer::new(verifier).public(repit_user::grpc::PUBLIC_METHODS);
-    let service = UserGrpc::new(user.clone(), config.auth.issuer.clone()).into_server();
+    let limits = RateLimits {
+        address_burst: config.auth.rate_limit_address_burst,
+        address_per_minute: config.auth.rate_limit_address_per_minute,
+        account_burst: config.auth.rate_limit_account_burst,
+        account_per_minute: config.auth.rate_limit_account_per_minute,
+    };
+    let service =
+        UserGrpc::with_rate_limits(user, config.auth.issuer.clone(), limits).into_server();
     routes.add_service(RequestContextLayer.layer(auth.layer(service)))
 }
 

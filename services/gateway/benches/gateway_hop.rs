@@ -139,7 +139,6 @@ async fn full_gateway(echo: SocketAddr, auth: Option<AuthLayer>) -> SocketAddr {
         ))),
         auth,
         verifier: None,
-        remote_keys: None,
         deadlines: DeadlinePolicy {
             default: Duration::from_secs(30),
             max: Duration::from_secs(300),

@@ -11,8 +11,7 @@
 //! 4. Route check: an unknown service is UNIMPLEMENTED before anything is spent on it.
 //! 5. Load shedding: the cheapest refusal (one atomic add) comes before token verification.
 //! 6. Authentication (gateway hop only; in-process services authenticate themselves): refuses
-//!    protected calls without a valid token and names the caller for the limiter; a refusal for
-//!    an unknown key makes the remote key set refresh early.
+//!    protected calls without a valid token and names the caller for the limiter.
 //! 7. Rate limit: per caller, so it needs the caller from 6 (or verifies the token itself).
 //! 8. Deadline: the last layer before the call is served, so the time spent queued in the layers
 //!    above (nothing: none of them waits) does not eat into it; sets `grpc-timeout` upstream.
@@ -27,7 +26,6 @@ use tower::util::Either;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 use crate::deadline::{Deadline, DeadlineLayer, DeadlinePolicy};
-use crate::keys::{KeyRefresh, KeyRefreshLayer, RemoteKeys};
 use crate::proxy::{Proxy, ProxyLayer, RouteCheck, RouteCheckLayer};
 use crate::rate_limit::{
     LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER, RateLimit, RateLimitLayer, RateLimiter,
@@ -94,9 +92,6 @@ pub struct Edge {
     pub auth: Option<AuthLayer>,
     /// Names the caller for the limiter when there is no edge authentication.
     pub verifier: Option<Arc<Verifier>>,
-    /// Where the edge authentication's keys come from, when from afar: a token with an unknown
-    /// key makes it fetch them early.
-    pub remote_keys: Option<RemoteKeys>,
     pub deadlines: DeadlinePolicy,
     pub cors_allowed_origins: Vec<String>,
 }
@@ -107,7 +102,7 @@ pub type Limited<S> = RateLimit<Deadline<Proxy<S>>>;
 /// The whole edge around the local services `S`.
 pub type EdgeService<S> = Cors<
     tonic_web::GrpcWebService<
-        RequestId<RouteCheck<LoadShed<Either<KeyRefresh<AuthService<Limited<S>>>, Limited<S>>>>>,
+        RequestId<RouteCheck<LoadShed<Either<AuthService<Limited<S>>, Limited<S>>>>>,
     >,
 >;
 
@@ -120,9 +115,7 @@ impl<S> Layer<S> for Edge {
                 .layer(ProxyLayer::new(Arc::clone(&self.table)).layer(local)),
         );
         let authenticated = match &self.auth {
-            Some(auth) => Either::Left(
-                KeyRefreshLayer::new(self.remote_keys.clone()).layer(auth.layer(limited)),
-            ),
+            Some(auth) => Either::Left(auth.layer(limited)),
             None => Either::Right(limited),
         };
         let inner = RequestIdLayer.layer(

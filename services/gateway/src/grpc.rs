@@ -426,6 +426,7 @@ mod tests {
             session_id: "s".into(),
             roles: vec![RoleClaim::new(Role::Admin)],
             children: Vec::new(),
+            time_zone: None,
             expires_at: Utc::now() + chrono::TimeDelta::minutes(5),
         });
         request

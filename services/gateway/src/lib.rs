@@ -14,8 +14,6 @@
 //! - [`shed`]: refusing calls beyond the concurrency limit at once (RESOURCE_EXHAUSTED, OVERLOADED).
 //! - [`deadline`]: default and maximum deadlines (DEADLINE_EXCEEDED).
 //! - [`request_id`]: `x-request-id` and `traceparent`.
-//! - [`keys`]: [`RemoteKeys`], verifying keys from the user service's `GetPublicKeys`, refreshed;
-//!   for any process that verifies tokens without holding the key ring.
 //! - [`grpc`]: `repit.gateway.v1.GatewayService` (routes, upstreams and their health watch,
 //!   load, quota).
 //! - [`errors`]: the statuses the gateway answers itself.
@@ -24,7 +22,6 @@ pub mod deadline;
 pub mod edge;
 pub mod errors;
 pub mod grpc;
-pub mod keys;
 pub mod proxy;
 pub mod rate_limit;
 pub mod request_id;
@@ -34,7 +31,6 @@ pub mod shed;
 pub use deadline::{DeadlineLayer, DeadlinePolicy};
 pub use edge::{Edge, EdgeService};
 pub use grpc::GatewayGrpc;
-pub use keys::RemoteKeys;
 pub use proxy::{ProxyLayer, RouteCheckLayer};
 pub use rate_limit::{Policy, RateLimitLayer, RateLimiter};
 pub use request_id::RequestIdLayer;

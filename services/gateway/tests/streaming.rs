@@ -78,7 +78,6 @@ async fn gateway(upstream: SocketAddr) -> SocketAddr {
         ))),
         auth: None,
         verifier: None,
-        remote_keys: None,
         deadlines: DeadlinePolicy {
             default: Duration::from_secs(10),
             max: Duration::from_secs(10),

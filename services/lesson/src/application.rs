@@ -26,6 +26,7 @@ use repit_proto::repit::common::v1::{Date, EventMetadata, Money};
 use repit_proto::repit::lesson::v1 as pb;
 use uuid::Uuid;
 
+use crate::access::{Action, Actor};
 use crate::domain::lesson::{
     CancelLesson, LessonCodec, MarkAttendance, RecordOutcome, RescheduleLesson, ScheduleLesson,
     ShiftTopic, UpdateLessonDetails, interval_of,
@@ -509,9 +510,35 @@ impl LessonApplication {
         Ok((loaded.state, loaded.revision))
     }
 
+    /// Loads the lesson and checks that `actor` may do `action` to it (NOT_FOUND when they may
+    /// not see it). A lesson's tutor and student never change, so the check holds for the
+    /// command that follows.
+    async fn authorize(
+        &self,
+        actor: &Actor,
+        lesson_id: Uuid,
+        action: Action,
+    ) -> Result<(LessonAggregate, Option<u64>), AppError> {
+        let (state, revision) = self.load_lesson(lesson_id).await?;
+        let lesson = state
+            .lesson
+            .as_ref()
+            .ok_or(AppError::Lesson(LessonError::NotFound))?;
+        actor.check(
+            action,
+            &lesson.tutor_id,
+            &lesson.student_id,
+            "lesson",
+            &lesson_id.to_string(),
+        )?;
+        Ok((state, revision))
+    }
+
     /// RescheduleLesson: reserve the new interval (moving the reservation), then record the move.
+    #[allow(clippy::too_many_arguments)] // the caller, the lesson, and the request's fields
     pub async fn reschedule_lesson(
         &self,
+        actor: &Actor,
         lesson_id: Uuid,
         start: DateTime<Utc>,
         duration: Option<TimeDelta>,
@@ -520,7 +547,7 @@ impl LessonApplication {
         expected_revision: Option<u64>,
     ) -> LessonResult {
         let now = Utc::now();
-        let (state, revision) = self.load_lesson(lesson_id).await?;
+        let (state, revision) = self.authorize(actor, lesson_id, Action::Manage).await?;
         if let Some(expected) = expected_revision
             && revision != Some(expected)
         {
@@ -633,10 +660,12 @@ impl LessonApplication {
     /// UpdateLesson.
     pub async fn update_lesson(
         &self,
+        actor: &Actor,
         lesson_id: Uuid,
         update: UpdateLessonDetails,
         expected_revision: Option<u64>,
     ) -> LessonResult {
+        self.authorize(actor, lesson_id, Action::Manage).await?;
         let now = update.now;
         let (state, revision) = self
             .run(
@@ -656,11 +685,40 @@ impl LessonApplication {
     }
 
     /// CancelLesson: record the cancellation, then give the slots back.
-    pub async fn cancel_lesson(&self, lesson_id: Uuid, request: Cancellation) -> LessonResult {
+    ///
+    /// The caller's side decides an unspecified `cancelled_by`: the tutor's side (the tutor, an
+    /// admin) cancels as TUTOR, the student's side (the student, a parent) as STUDENT. The
+    /// student's side may not name TUTOR nor waive the fee.
+    pub async fn cancel_lesson(
+        &self,
+        actor: &Actor,
+        lesson_id: Uuid,
+        request: Cancellation,
+    ) -> LessonResult {
         let now = Utc::now();
+        let (state, _) = self.authorize(actor, lesson_id, Action::Cancel).await?;
+        let tutor_side = state
+            .lesson
+            .as_ref()
+            .is_some_and(|lesson| actor.manages(&lesson.tutor_id));
+        let cancelled_by = match (request.cancelled_by, tutor_side) {
+            (pb::CancellingParty::Unspecified, true) => pb::CancellingParty::Tutor,
+            (pb::CancellingParty::Unspecified, false) => pb::CancellingParty::Student,
+            (pb::CancellingParty::Tutor, false) => {
+                return Err(AppError::Forbidden(
+                    "a student or parent cannot cancel on the tutor's behalf",
+                ));
+            }
+            (party, _) => party,
+        };
+        if request.waive_fee && !tutor_side {
+            return Err(AppError::Forbidden(
+                "only the tutor's side may waive the fee",
+            ));
+        }
         let command = LessonCommand::Cancel(CancelLesson {
-            cancelled_by: request.cancelled_by,
-            by_student_side: request.by_student_side,
+            cancelled_by,
+            by_student_side: request.by_student_side || !tutor_side,
             reason: request.reason,
             cause: request.cause,
             waive_fee: request.waive_fee,
@@ -686,11 +744,13 @@ impl LessonApplication {
     /// MarkAttendance. Returns the lesson and whether an outcome was withdrawn.
     pub async fn mark_attendance(
         &self,
+        actor: &Actor,
         lesson_id: Uuid,
         attendance: pb::Attendance,
         note: String,
         expected_revision: Option<u64>,
     ) -> Result<(pb::Lesson, bool), AppError> {
+        self.authorize(actor, lesson_id, Action::Manage).await?;
         let command = LessonCommand::MarkAttendance(MarkAttendance {
             attendance,
             note,
@@ -711,10 +771,12 @@ impl LessonApplication {
     /// RecordLessonOutcome.
     pub async fn record_outcome(
         &self,
+        actor: &Actor,
         lesson_id: Uuid,
         outcome: RecordOutcome,
         expected_revision: Option<u64>,
     ) -> LessonResult {
+        self.authorize(actor, lesson_id, Action::Manage).await?;
         let (state, revision) = self
             .run(
                 lesson_id,
@@ -733,6 +795,7 @@ impl LessonApplication {
     /// chain, recognises the steps already done, and answers the same.
     pub async fn shift_planned_topics(
         &self,
+        actor: &Actor,
         source_id: Uuid,
         request_id: &str,
         expected_revision: Option<u64>,
@@ -740,7 +803,7 @@ impl LessonApplication {
         let now = Utc::now();
         let shift_id =
             Uuid::new_v5(&source_id, format!("shift/{request_id}").as_bytes()).to_string();
-        let (source, _) = self.load_lesson(source_id).await?;
+        let (source, _) = self.authorize(actor, source_id, Action::Manage).await?;
         let source_lesson = source
             .lesson
             .clone()
@@ -1015,8 +1078,10 @@ impl LessonApplication {
 
     /// A series that exists, is at the client's expected revision (when given) and has not
     /// ended — what every change of a series starts from.
+    /// The series, if `actor` may manage it and it is active (and at `expected_revision`).
     async fn load_active_series(
         &self,
+        actor: &Actor,
         stream: &repit_event_store::StreamName,
         series_id: Uuid,
         expected_revision: Option<u64>,
@@ -1034,6 +1099,13 @@ impl LessonApplication {
                 id: series_id.to_string(),
             });
         };
+        actor.check(
+            Action::Manage,
+            &series.tutor_id,
+            &series.student_id,
+            "series",
+            &series_id.to_string(),
+        )?;
         if let Some(expected) = expected_revision
             && loaded.revision != Some(expected)
         {
@@ -1054,12 +1126,16 @@ impl LessonApplication {
     /// left alone; occurrences moved by hand keep their time but take the rest.
     /// All slot changes are reserved in one append per schedule, so the change is refused as a
     /// whole on a double booking unless `skip_conflicts` leaves the conflicting dates out.
-    pub async fn update_series(&self, change: SeriesChange) -> Result<ChangedSeries, AppError> {
+    pub async fn update_series(
+        &self,
+        actor: &Actor,
+        change: SeriesChange,
+    ) -> Result<ChangedSeries, AppError> {
         use std::collections::HashMap;
         let now = Utc::now();
         let stream = streams::series(change.series_id)?;
         let (loaded, series) = self
-            .load_active_series(&stream, change.series_id, change.expected_revision)
+            .load_active_series(actor, &stream, change.series_id, change.expected_revision)
             .await?;
         let from_id = change.from_lesson_id.to_string();
         let not_an_occurrence = || {
@@ -1308,7 +1384,7 @@ impl LessonApplication {
                 expected_revision: None,
             };
             match self
-                .cancel_lesson(parse_stored(&lesson.lesson_id)?, cancellation)
+                .cancel_lesson(actor, parse_stored(&lesson.lesson_id)?, cancellation)
                 .await
             {
                 Ok(cancelled) => {
@@ -1359,6 +1435,7 @@ impl LessonApplication {
     /// or every one that has not started when no date is given.
     pub async fn end_series(
         &self,
+        actor: &Actor,
         series_id: Uuid,
         from_date: Option<NaiveDate>,
         reason: String,
@@ -1367,7 +1444,7 @@ impl LessonApplication {
         let now = Utc::now();
         let stream = streams::series(series_id)?;
         let (loaded, series) = self
-            .load_active_series(&stream, series_id, expected_revision)
+            .load_active_series(actor, &stream, series_id, expected_revision)
             .await?;
         let zone = series
             .recurrence
@@ -1398,7 +1475,7 @@ impl LessonApplication {
                 cause: pb::CancellationCause::SeriesEnded,
                 expected_revision: None,
             };
-            match self.cancel_lesson(lesson_id, cancellation).await {
+            match self.cancel_lesson(actor, lesson_id, cancellation).await {
                 Ok(_) => cancelled.push(occurrence.lesson_id.clone()),
                 // Held or cancelled meanwhile: it is no longer the series' to cancel.
                 Err(AppError::Lesson(_)) => {}

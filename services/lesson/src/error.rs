@@ -17,6 +17,9 @@ pub enum AppError {
     /// An unknown lesson or series.
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
+    /// The caller may see the lesson or series but not do this to it (PERMISSION_DENIED).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The lesson refused the command.
     #[error(transparent)]
     Lesson(LessonError),
@@ -197,15 +200,17 @@ impl AppError {
                 info(
                     "NOT_FOUND",
                     vec![(
-                        if kind == "series" {
-                            "series_id"
-                        } else {
-                            "lesson_id"
+                        match kind {
+                            "series" => "series_id",
+                            "tutor" => "tutor_id",
+                            "student" => "student_id",
+                            _ => "lesson_id",
                         },
                         id,
                     )],
                 ),
             ),
+            Self::Forbidden(message) => repit_platform::auth::forbidden(message),
             Self::Lesson(LessonError::NotFound) => Status::with_error_details(
                 Code::NotFound,
                 "lesson not found",

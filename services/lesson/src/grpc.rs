@@ -1,8 +1,8 @@
-//! The gRPC adapter: proto in, application call, proto out. No rules live here.
+//! The gRPC adapter: proto in, application call, proto out. No rules live here; who may do what
+//! is [`crate::access`], asked with the caller the auth layer put into the request.
 //!
-//! Until the identity issue lands there is no caller identity: requests name their tutor
-//! explicitly (`tutor_id` is required where the contract says "empty: the calling tutor") and
-//! schedule views need an explicit `time_zone`. RPCs not built yet answer UNIMPLEMENTED.
+//! Schedule views default to the caller's profile zone, which the access token carries
+//! (`zoneinfo`). RPCs not built yet answer UNIMPLEMENTED.
 
 use chrono::{Datelike, TimeDelta, Utc};
 use pb::lesson_service_server::LessonService;
@@ -10,7 +10,9 @@ use repit_platform::status::not_implemented;
 use repit_proto::repit::common::v1 as common;
 use repit_proto::repit::lesson::v1 as pb;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
+use crate::access::{Action, Actor};
 use crate::application::{Cancellation, LessonApplication, NewLesson, NewSeries, SeriesChange};
 use crate::convert::{Fields, state_filter};
 use crate::domain::lesson::{RecordOutcome, UpdateLessonDetails};
@@ -39,16 +41,18 @@ impl LessonGrpc {
         }
     }
 
-    /// The tonic server to mount, with the request context (correlation id, traceparent) made
-    /// ambient for every handler so the events it appends carry it.
+    /// The tonic server to mount: behind `auth` (every lesson RPC needs a caller), with the
+    /// request context (correlation id, traceparent, actor) made ambient for every handler so
+    /// the events it appends carry it.
     pub fn into_server(
         self,
+        auth: &repit_platform::auth::AuthLayer,
     ) -> repit_platform::request_context::RequestContextService<
-        pb::lesson_service_server::LessonServiceServer<Self>,
+        repit_platform::auth::AuthService<pb::lesson_service_server::LessonServiceServer<Self>>,
     > {
         use tower::Layer;
         repit_platform::RequestContextLayer
-            .layer(pb::lesson_service_server::LessonServiceServer::new(self))
+            .layer(auth.layer(pb::lesson_service_server::LessonServiceServer::new(self)))
     }
 }
 
@@ -60,40 +64,133 @@ fn method(name: &str) -> Status {
     not_implemented(&format!("repit.lesson.v1.LessonService/{name}"))
 }
 
-fn owner(fields: &mut Fields, tutor_id: &str, student_id: &str, field: &str) -> Option<Owner> {
-    match (tutor_id.is_empty(), student_id.is_empty()) {
-        (false, true) => Some(Owner::Tutor(
-            fields.uuid(&format!("{field}.tutor_id"), tutor_id),
-        )),
-        (true, false) => Some(Owner::Student(
-            fields.uuid(&format!("{field}.student_id"), student_id),
-        )),
-        _ => {
-            fields.bad(field, "name exactly one of tutor_id or student_id (no signed-in caller to default to yet)");
-            None
+/// The caller, as the auth layer verified it.
+fn actor<T>(request: &Request<T>) -> Result<Actor, Status> {
+    repit_platform::auth::caller(request).map(|caller| Actor::new(caller.clone()))
+}
+
+/// Whose schedule or calendar a view shows.
+enum Whose<'a> {
+    Tutor(&'a str),
+    Student(&'a str),
+    Parent(&'a str),
+    /// The caller's own.
+    Caller,
+}
+
+/// The owner of a schedule view the caller asked for, checked against their tenancy: another
+/// tutor's schedule, or a student the caller has nothing to do with, is NOT_FOUND. A tutor may
+/// name any student; the view then holds only the lessons that tutor teaches (the visibility
+/// filter), so nothing about other tenancies shows.
+fn view_owner(
+    fields: &mut Fields,
+    actor: &Actor,
+    whose: Whose<'_>,
+    field: &str,
+) -> Result<Option<Owner>, AppError> {
+    let not_found = |kind: &'static str, id: &str| AppError::NotFound {
+        kind,
+        id: id.to_owned(),
+    };
+    let parents_child = |parent: &str| -> Result<Option<Owner>, AppError> {
+        if parent != actor.user_id() {
+            return Err(AppError::Forbidden(
+                "a parent's schedule is shown to that parent only",
+            ));
+        }
+        match actor.children() {
+            [child] => Ok(Uuid::parse_str(child).ok().map(Owner::Student)),
+            [] => Err(AppError::Forbidden("the caller has no linked children")),
+            _ => Err(AppError::Unimplemented(
+                "a combined schedule of several children is not built yet: ask per child with student_id"
+                    .into(),
+            )),
+        }
+    };
+    match whose {
+        Whose::Tutor(id) => {
+            let tutor = fields.uuid(&format!("{field}.tutor_id"), id);
+            if !tutor.is_nil() && !actor.manages(id) {
+                return Err(not_found("tutor", id));
+            }
+            Ok(Some(Owner::Tutor(tutor)))
+        }
+        Whose::Student(id) => {
+            let student = fields.uuid(&format!("{field}.student_id"), id);
+            // A tutor may name any student: the view keeps only the lessons they teach.
+            let may_look =
+                actor.is_tutor() || actor.is_platform_admin() || actor.is_student_side(id);
+            if !student.is_nil() && !may_look {
+                return Err(not_found("student", id));
+            }
+            Ok(Some(Owner::Student(student)))
+        }
+        Whose::Parent(id) => parents_child(id),
+        Whose::Caller => {
+            let own = [
+                actor.is_tutor(),
+                actor.is_student(),
+                !actor.children().is_empty(),
+            ];
+            if own.iter().filter(|held| **held).count() != 1 {
+                fields.bad(
+                    field,
+                    "required: the caller holds several roles (or none) with a schedule of their own",
+                );
+                return Ok(None);
+            }
+            let me = Uuid::parse_str(actor.user_id()).ok();
+            if actor.is_tutor() {
+                Ok(me.map(Owner::Tutor))
+            } else if actor.is_student() {
+                Ok(me.map(Owner::Student))
+            } else {
+                parents_child(actor.user_id())
+            }
         }
     }
 }
 
 fn schedule_owner(
     fields: &mut Fields,
+    actor: &Actor,
     scope: Option<&pb::ScheduleScope>,
 ) -> Result<Option<Owner>, AppError> {
     use pb::schedule_scope::Scope;
-    match scope.and_then(|s| s.scope.as_ref()) {
-        Some(Scope::TutorId(id)) => Ok(Some(Owner::Tutor(fields.uuid("scope.tutor_id", id)))),
-        Some(Scope::StudentId(id)) => Ok(Some(Owner::Student(fields.uuid("scope.student_id", id)))),
-        Some(Scope::ParentUserId(_)) => Err(AppError::Unimplemented(
-            "parent schedules need the user service's parent links, which are not built yet".into(),
-        )),
-        None => {
-            fields.bad(
-                "scope",
-                "required: tutor_id or student_id (no signed-in caller to default to yet)",
-            );
-            Ok(None)
-        }
+    let whose = match scope.and_then(|s| s.scope.as_ref()) {
+        Some(Scope::TutorId(id)) => Whose::Tutor(id),
+        Some(Scope::StudentId(id)) => Whose::Student(id),
+        Some(Scope::ParentUserId(id)) => Whose::Parent(id),
+        None => Whose::Caller,
+    };
+    view_owner(fields, actor, whose, "scope")
+}
+
+/// The tutor a new lesson or series is for: the named one, or the calling tutor. Students and
+/// parents may not schedule (PERMISSION_DENIED); another tutor is NOT_FOUND.
+fn scheduling_tutor(fields: &mut Fields, actor: &Actor, tutor_id: &str) -> Result<Uuid, AppError> {
+    if !actor.is_tutor() && !actor.is_platform_admin() {
+        return Err(AppError::Forbidden("only tutors schedule lessons"));
     }
+    let tutor_id = if tutor_id.is_empty() {
+        if !actor.is_tutor() {
+            fields.bad("tutor_id", "required (the caller is not a tutor)");
+            return Ok(Uuid::nil());
+        }
+        actor.user_id()
+    } else {
+        tutor_id
+    };
+    let tutor = fields.uuid("tutor_id", tutor_id);
+    // A malformed id is reported with the other fields; a well-formed one of another tutor is
+    // not found.
+    if !tutor.is_nil() && !actor.manages(tutor_id) {
+        return Err(AppError::NotFound {
+            kind: "tutor",
+            id: tutor_id.to_owned(),
+        });
+    }
+    Ok(tutor)
 }
 
 /// Occurrences left out for a conflict; the conflicting lesson is named only to its own tutor.
@@ -129,15 +226,20 @@ fn skipped_pb(
         .collect()
 }
 
-fn viewer_zone(fields: &mut Fields, zone: &str) -> chrono_tz::Tz {
-    if zone.is_empty() {
-        fields.bad(
-            "time_zone",
-            "required (no signed-in caller whose profile zone could be used yet)",
-        );
-        return chrono_tz::UTC;
+/// The zone a view is rendered in: the requested one, else the caller's profile zone (the
+/// token's `zoneinfo`).
+fn viewer_zone(fields: &mut Fields, actor: &Actor, zone: &str) -> chrono_tz::Tz {
+    match (zone.is_empty(), actor.time_zone()) {
+        (false, _) => fields.zone("time_zone", zone),
+        (true, Some(profile)) => fields.zone("time_zone", profile),
+        (true, None) => {
+            fields.bad(
+                "time_zone",
+                "required: the access token names no profile zone",
+            );
+            chrono_tz::UTC
+        }
     }
-    fields.zone("time_zone", zone)
 }
 
 #[tonic::async_trait]
@@ -146,9 +248,10 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::ScheduleLessonRequest>,
     ) -> Result<Response<pb::ScheduleLessonResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
-        let tutor_id = f.uuid("tutor_id", &r.tutor_id);
+        let tutor_id = scheduling_tutor(&mut f, &actor, &r.tutor_id).map_err(status)?;
         let student_id = f.uuid("student_id", &r.student_id);
         let start = f.timestamp("start_time", r.start_time.as_ref());
         let duration = match &r.duration {
@@ -196,11 +299,21 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::GetLessonRequest>,
     ) -> Result<Response<pb::GetLessonResponse>, Status> {
+        let actor = actor(&request)?;
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &request.get_ref().lesson_id);
         f.finish().map_err(status)?;
         let lesson = queries::get_lesson(self.app.read_models(), id)
             .await
+            .map_err(status)?;
+        actor
+            .check(
+                Action::Read,
+                &lesson.tutor_id,
+                &lesson.student_id,
+                "lesson",
+                &lesson.lesson_id,
+            )
             .map_err(status)?;
         Ok(Response::new(pb::GetLessonResponse {
             lesson: Some(lesson),
@@ -211,6 +324,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::ListLessonsRequest>,
     ) -> Result<Response<pb::ListLessonsResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let range = r.time_range.unwrap_or_default();
@@ -230,6 +344,7 @@ impl LessonService for LessonGrpc {
             newest_first: r.newest_first,
             page_size: Fields::page_size(r.page.as_ref()),
             after: None,
+            visibility: actor.visibility(),
         };
         let token = r.page.map(|p| p.page_token).unwrap_or_default();
         f.finish().map_err(status)?;
@@ -256,6 +371,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::UpdateLessonRequest>,
     ) -> Result<Response<pb::UpdateLessonResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
@@ -271,13 +387,13 @@ impl LessonService for LessonGrpc {
             planned_topic: has("planned_topic")
                 .then(|| f.text("planned_topic", &r.planned_topic, 0, 500)),
             by_series_edit: false,
-            actor: String::new(),
+            actor: actor.user_id().to_owned(),
             now: Utc::now(),
         };
         f.finish().map_err(status)?;
         let lesson = self
             .app
-            .update_lesson(id, update, r.expected_revision)
+            .update_lesson(&actor, id, update, r.expected_revision)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::UpdateLessonResponse {
@@ -290,6 +406,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::RescheduleLessonRequest>,
     ) -> Result<Response<pb::RescheduleLessonResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
@@ -306,7 +423,15 @@ impl LessonService for LessonGrpc {
         f.finish().map_err(status)?;
         let lesson = self
             .app
-            .reschedule_lesson(id, start, duration, zone, reason, r.expected_revision)
+            .reschedule_lesson(
+                &actor,
+                id,
+                start,
+                duration,
+                zone,
+                reason,
+                r.expected_revision,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RescheduleLessonResponse {
@@ -320,21 +445,18 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::CancelLessonRequest>,
     ) -> Result<Response<pb::CancelLessonResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
         let reason = f.text("reason", &r.reason, 1, 500);
-        let party = match r.cancelled_by() {
-            // Without a signed-in caller, an unspecified party is the tutor's side.
-            pb::CancellingParty::Unspecified | pb::CancellingParty::Tutor => {
-                pb::CancellingParty::Tutor
-            }
-            pb::CancellingParty::Student => pb::CancellingParty::Student,
-        };
+        // Unspecified is decided by the caller's side of the lesson.
+        let party = r.cancelled_by();
         f.finish().map_err(status)?;
         let lesson = self
             .app
             .cancel_lesson(
+                &actor,
                 id,
                 Cancellation {
                     cancelled_by: party,
@@ -358,6 +480,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::MarkAttendanceRequest>,
     ) -> Result<Response<pb::MarkAttendanceResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
@@ -368,7 +491,7 @@ impl LessonService for LessonGrpc {
         f.finish().map_err(status)?;
         let (lesson, outcome_withdrawn) = self
             .app
-            .mark_attendance(id, r.attendance(), note, r.expected_revision)
+            .mark_attendance(&actor, id, r.attendance(), note, r.expected_revision)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::MarkAttendanceResponse {
@@ -382,6 +505,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::RecordLessonOutcomeRequest>,
     ) -> Result<Response<pb::RecordLessonOutcomeResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
@@ -397,13 +521,14 @@ impl LessonService for LessonGrpc {
         let lesson = self
             .app
             .record_outcome(
+                &actor,
                 id,
                 RecordOutcome {
                     topic,
                     skills: r.skills.clone(),
                     mastery: r.mastery(),
                     comment,
-                    actor: String::new(),
+                    actor: actor.user_id().to_owned(),
                     now: Utc::now(),
                 },
                 r.expected_revision,
@@ -420,6 +545,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::ShiftPlannedTopicsRequest>,
     ) -> Result<Response<pb::ShiftPlannedTopicsResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         f.uuid("request_id", &r.request_id);
@@ -427,7 +553,7 @@ impl LessonService for LessonGrpc {
         f.finish().map_err(status)?;
         let (shifts, unplaced_topic) = self
             .app
-            .shift_planned_topics(id, &r.request_id, r.expected_revision)
+            .shift_planned_topics(&actor, id, &r.request_id, r.expected_revision)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ShiftPlannedTopicsResponse {
@@ -440,9 +566,10 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::CreateSeriesRequest>,
     ) -> Result<Response<pb::CreateSeriesResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
-        let tutor_id = f.uuid("tutor_id", &r.tutor_id);
+        let tutor_id = scheduling_tutor(&mut f, &actor, &r.tutor_id).map_err(status)?;
         let student_id = f.uuid("student_id", &r.student_id);
         let subject = f.text("subject", &r.subject, 1, 100);
         let duration = match &r.duration {
@@ -493,11 +620,21 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::GetSeriesRequest>,
     ) -> Result<Response<pb::GetSeriesResponse>, Status> {
+        let actor = actor(&request)?;
         let mut f = Fields::new();
         let id = f.uuid("series_id", &request.get_ref().series_id);
         f.finish().map_err(status)?;
         let series = queries::get_series(self.app.read_models(), id)
             .await
+            .map_err(status)?;
+        actor
+            .check(
+                Action::Read,
+                &series.tutor_id,
+                &series.student_id,
+                "series",
+                &series.series_id,
+            )
             .map_err(status)?;
         Ok(Response::new(pb::GetSeriesResponse {
             series: Some(series),
@@ -508,6 +645,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::ListSeriesRequest>,
     ) -> Result<Response<pb::ListSeriesResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let tutor_id = f.optional_uuid("tutor_id", &r.tutor_id);
@@ -538,6 +676,7 @@ impl LessonService for LessonGrpc {
         };
         let (series, next) = queries::list_series(
             self.app.read_models(),
+            &actor.visibility(),
             tutor_id,
             student_id,
             &states,
@@ -558,6 +697,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::UpdateSeriesRequest>,
     ) -> Result<Response<pb::UpdateSeriesResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let series_id = f.uuid("series_id", &r.series_id);
@@ -597,7 +737,11 @@ impl LessonService for LessonGrpc {
             expected_revision: r.expected_revision,
         };
         f.finish().map_err(status)?;
-        let changed = self.app.update_series(change).await.map_err(status)?;
+        let changed = self
+            .app
+            .update_series(&actor, change)
+            .await
+            .map_err(status)?;
         let tutor = changed.series.tutor_id.clone();
         Ok(Response::new(pb::UpdateSeriesResponse {
             revision: changed.series.revision,
@@ -611,6 +755,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::EndSeriesRequest>,
     ) -> Result<Response<pb::EndSeriesResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("series_id", &r.series_id);
@@ -619,7 +764,7 @@ impl LessonService for LessonGrpc {
         f.finish().map_err(status)?;
         let (series, cancelled) = self
             .app
-            .end_series(id, from, reason, r.expected_revision)
+            .end_series(&actor, id, from, reason, r.expected_revision)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::EndSeriesResponse {
@@ -633,10 +778,11 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::GetDayScheduleRequest>,
     ) -> Result<Response<pb::GetDayScheduleResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
-        let owner = schedule_owner(&mut f, r.scope.as_ref()).map_err(status)?;
-        let zone = viewer_zone(&mut f, &r.time_zone);
+        let owner = schedule_owner(&mut f, &actor, r.scope.as_ref()).map_err(status)?;
+        let zone = viewer_zone(&mut f, &actor, &r.time_zone);
         let date = f.date("date", r.date.as_ref());
         if r.date.is_none() {
             f.bad("date", "required");
@@ -648,6 +794,7 @@ impl LessonService for LessonGrpc {
         let mut days = queries::days(
             self.app.read_models(),
             owner,
+            &actor.visibility(),
             zone,
             &[date],
             r.include_cancelled,
@@ -664,10 +811,11 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::GetWeekScheduleRequest>,
     ) -> Result<Response<pb::GetWeekScheduleResponse>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
-        let owner = schedule_owner(&mut f, r.scope.as_ref()).map_err(status)?;
-        let zone = viewer_zone(&mut f, &r.time_zone);
+        let owner = schedule_owner(&mut f, &actor, r.scope.as_ref()).map_err(status)?;
+        let zone = viewer_zone(&mut f, &actor, &r.time_zone);
         let date = f.date("date", r.date.as_ref());
         if r.date.is_none() {
             f.bad("date", "required");
@@ -690,6 +838,7 @@ impl LessonService for LessonGrpc {
         let days = queries::days(
             self.app.read_models(),
             owner,
+            &actor.visibility(),
             zone,
             &week,
             r.include_cancelled,
@@ -709,10 +858,11 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::WatchScheduleRequest>,
     ) -> Result<Response<Self::WatchScheduleStream>, Status> {
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
-        let owner = schedule_owner(&mut f, r.scope.as_ref()).map_err(status)?;
-        let zone = viewer_zone(&mut f, &r.time_zone);
+        let owner = schedule_owner(&mut f, &actor, r.scope.as_ref()).map_err(status)?;
+        let zone = viewer_zone(&mut f, &actor, &r.time_zone);
         let range = r.time_range.unwrap_or_default();
         let from = f.timestamp("time_range.start", range.start.as_ref());
         let until = f.timestamp("time_range.end", range.end.as_ref());
@@ -728,6 +878,7 @@ impl LessonService for LessonGrpc {
         };
         let spec = WatchSpec {
             owner,
+            visibility: actor.visibility(),
             from,
             until,
             zone,
@@ -748,14 +899,15 @@ impl LessonService for LessonGrpc {
         request: Request<pb::ExportCalendarRequest>,
     ) -> Result<Response<pb::ExportCalendarResponse>, Status> {
         use pb::calendar_owner::Owner as Which;
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let mut f = Fields::new();
-        let (tutor, student) = match r.owner.as_ref().and_then(|o| o.owner.as_ref()) {
-            Some(Which::TutorId(id)) => (id.as_str(), ""),
-            Some(Which::StudentId(id)) => ("", id.as_str()),
-            None => ("", ""),
+        let whose = match r.owner.as_ref().and_then(|o| o.owner.as_ref()) {
+            Some(Which::TutorId(id)) => Whose::Tutor(id),
+            Some(Which::StudentId(id)) => Whose::Student(id),
+            None => Whose::Caller,
         };
-        let owner = owner(&mut f, tutor, student, "owner");
+        let owner = view_owner(&mut f, &actor, whose, "owner").map_err(status)?;
         let now = Utc::now();
         let range = r.time_range.unwrap_or_default();
         let from = match &range.start {
@@ -780,6 +932,7 @@ impl LessonService for LessonGrpc {
         let text = queries::calendar(
             self.app.read_models(),
             owner,
+            &actor.visibility(),
             from,
             until,
             r.include_cancelled,

@@ -12,6 +12,7 @@
 //!
 //! Not built yet (they answer UNIMPLEMENTED): GetCalendarFeed, RotateCalendarFeed (the feed URL is served by the gateway, which comes with identity).
 
+pub mod access;
 pub mod application;
 pub mod calendar;
 pub mod convert;

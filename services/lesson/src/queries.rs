@@ -10,6 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use crate::access::Visibility;
 use crate::application::date_pb;
 use crate::calendar::{CalendarEvent, EventStatus, render};
 use crate::domain::lesson::interval_of;
@@ -50,6 +51,8 @@ pub struct LessonFilter {
     pub page_size: i64,
     /// Where the previous page stopped: (start, lesson id).
     pub after: Option<(i64, String)>,
+    /// The caller's tenancy, which always applies.
+    pub visibility: Visibility,
 }
 
 fn decode_lesson(row: &AnyRow) -> Result<pb::Lesson, AppError> {
@@ -121,6 +124,9 @@ pub async fn list_lessons(
             sql.push_str(&format!(" AND {column} = ${}", params.len()));
         }
     }
+    let (visible, ids) = filter.visibility.sql(params.len() + 1);
+    sql.push_str(&format!(" AND {visible}"));
+    params.extend(ids.into_iter().map(Param::Text));
     if !filter.states.is_empty() {
         // States are our own constants, never user text.
         let list: Vec<String> = filter.states.iter().map(|s| format!("'{s}'")).collect();
@@ -185,6 +191,7 @@ enum Param {
 pub async fn lessons_between(
     db: &ReadModelDb,
     owner: Owner,
+    visibility: &Visibility,
     from: DateTime<Utc>,
     until: DateTime<Utc>,
     include_cancelled: bool,
@@ -205,7 +212,15 @@ pub async fn lessons_between(
     .bind(until.timestamp_micros())
     .fetch_all(db.pool())
     .await?;
-    rows.iter().map(decode_lesson).collect()
+    let mut lessons = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let lesson = decode_lesson(row)?;
+        // A tutor looking at a student's schedule sees only the lessons they teach.
+        if visibility.allows(&lesson.tutor_id, &lesson.student_id) {
+            lessons.push(lesson);
+        }
+    }
+    Ok(lessons)
 }
 
 fn time_of_day(at: chrono::NaiveDateTime) -> TimeOfDay {
@@ -236,6 +251,7 @@ pub fn schedule_entry(lesson: pb::Lesson, zone: Tz) -> pb::ScheduleEntry {
 pub async fn days(
     db: &ReadModelDb,
     owner: Owner,
+    visibility: &Visibility,
     zone: Tz,
     days: &[NaiveDate],
     include_cancelled: bool,
@@ -245,7 +261,7 @@ pub async fn days(
     };
     let (from, _) = day_bounds(zone, *first);
     let (_, until) = day_bounds(zone, *last);
-    let lessons = lessons_between(db, owner, from, until, include_cancelled).await?;
+    let lessons = lessons_between(db, owner, visibility, from, until, include_cancelled).await?;
     let mut schedule: Vec<pb::DaySchedule> = days
         .iter()
         .map(|d| pb::DaySchedule {
@@ -267,12 +283,13 @@ pub async fn days(
 pub async fn calendar(
     db: &ReadModelDb,
     owner: Owner,
+    visibility: &Visibility,
     from: DateTime<Utc>,
     until: DateTime<Utc>,
     include_cancelled: bool,
     english: bool,
 ) -> Result<String, AppError> {
-    let lessons = lessons_between(db, owner, from, until, include_cancelled).await?;
+    let lessons = lessons_between(db, owner, visibility, from, until, include_cancelled).await?;
     let events: Vec<CalendarEvent> = lessons
         .iter()
         .map(|lesson| {
@@ -345,6 +362,7 @@ pub async fn get_series(db: &ReadModelDb, series_id: Uuid) -> Result<pb::Series,
 /// ListSeries, newest first.
 pub async fn list_series(
     db: &ReadModelDb,
+    visibility: &Visibility,
     tutor_id: Option<Uuid>,
     student_id: Option<Uuid>,
     states: &[&'static str],
@@ -362,6 +380,9 @@ pub async fn list_series(
         params.push(Param::Text(id.to_string()));
         sql.push_str(&format!(" AND student_id = ${}", params.len()));
     }
+    let (visible, ids) = visibility.sql(params.len() + 1);
+    sql.push_str(&format!(" AND {visible}"));
+    params.extend(ids.into_iter().map(Param::Text));
     if !states.is_empty() {
         let list: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
         sql.push_str(&format!(" AND state IN ({})", list.join(", ")));

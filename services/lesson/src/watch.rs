@@ -21,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::access::Visibility;
 use crate::domain::lesson::interval_of;
 use crate::error::AppError;
 use crate::projections::LESSONS_TABLE;
@@ -38,6 +39,8 @@ pub const MAX_WATCHES: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct WatchSpec {
     pub owner: Owner,
+    /// The caller's tenancy: a tutor watching a student sees only the lessons they teach.
+    pub visibility: Visibility,
     pub from: DateTime<Utc>,
     pub until: DateTime<Utc>,
     pub zone: Tz,
@@ -47,7 +50,8 @@ pub struct WatchSpec {
 impl WatchSpec {
     fn shows(&self, lesson: &pb::Lesson) -> bool {
         let (start, _) = interval_of(lesson);
-        start >= self.from
+        self.visibility.allows(&lesson.tutor_id, &lesson.student_id)
+            && start >= self.from
             && start < self.until
             && (self.include_cancelled || lesson.state() != pb::LessonState::Cancelled)
     }

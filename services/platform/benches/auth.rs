@@ -76,6 +76,7 @@ fn subject(i: usize) -> Subject {
         children: vec!["0190f3a2-7c1e-7b3a-9d4e-000000000123".into()],
         amr: vec!["pwd".into()],
         auth_time: Utc::now(),
+        time_zone: "Europe/Moscow".into(),
     }
 }
 

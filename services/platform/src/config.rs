@@ -32,8 +32,9 @@ pub struct Config {
     pub gateway: GatewayConfig,
 }
 
-/// Access tokens: who issues them, for whom, and the key that seals the signing keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Access tokens: who issues them, for whom, and the key that seals the signing keys; the bot's
+/// credential; the rate limits of the public (login) RPCs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The `iss` claim of access tokens.
@@ -44,6 +45,66 @@ pub struct AuthConfig {
     /// `<id>:<base64 of 32 bytes>` in a file readable only by repitd. Empty:
     /// `<data_dir>/signing-kek`, created on first start. Every user-service replica needs the same.
     pub key_encryption_key_file: String,
+    /// Where a process that does not run the user service fetches the keys that verify access
+    /// tokens (`GetPublicKeys`), e.g. `http://user:50051`. Empty: the user service runs in this
+    /// process and its key ring is read directly. Required by processes serving any other
+    /// service without the user service.
+    pub user_service_url: String,
+    /// The Telegram bot's credential (user.proto `TelegramBotAssertion.bot_credential`), usually
+    /// from `REPIT_AUTH__BOT_CREDENTIAL`. A secret: never serialised (`repitd config` omits it)
+    /// nor logged. Empty with an empty `bot_credential_file`: no bot can assert a Telegram
+    /// identity (every assertion is UNAUTHENTICATED).
+    #[serde(skip_serializing)]
+    pub bot_credential: String,
+    /// A file holding the bot credential (trailing whitespace ignored); used when
+    /// `bot_credential` is empty.
+    pub bot_credential_file: String,
+    /// The bot's Telegram username, for deep links `https://t.me/<bot_username>?start=<code>`.
+    pub bot_username: String,
+    /// Accounts signing up with one of these emails also become platform admins (the first
+    /// operator of an installation has no one to grant them the role).
+    pub platform_admin_emails: Vec<String>,
+    /// Public RPCs (login, sign-up, refresh, invites) per client address: burst size…
+    pub rate_limit_address_burst: u32,
+    /// …and tokens added back per minute.
+    pub rate_limit_address_per_minute: u32,
+    /// Public RPCs per account identifier (email, Telegram id): burst size…
+    pub rate_limit_account_burst: u32,
+    /// …and tokens added back per minute.
+    pub rate_limit_account_per_minute: u32,
+}
+
+impl fmt::Debug for AuthConfig {
+    // By hand, so that the bot credential never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("key_encryption_key_file", &self.key_encryption_key_file)
+            .field("user_service_url", &self.user_service_url)
+            .field(
+                "bot_credential",
+                &if self.bot_credential.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("bot_credential_file", &self.bot_credential_file)
+            .field("bot_username", &self.bot_username)
+            .field("platform_admin_emails", &self.platform_admin_emails)
+            .field("rate_limit_address_burst", &self.rate_limit_address_burst)
+            .field(
+                "rate_limit_address_per_minute",
+                &self.rate_limit_address_per_minute,
+            )
+            .field("rate_limit_account_burst", &self.rate_limit_account_burst)
+            .field(
+                "rate_limit_account_per_minute",
+                &self.rate_limit_account_per_minute,
+            )
+            .finish()
+    }
 }
 
 impl Default for AuthConfig {
@@ -52,6 +113,15 @@ impl Default for AuthConfig {
             issuer: "repit".to_owned(),
             audience: "repit".to_owned(),
             key_encryption_key_file: String::new(),
+            user_service_url: String::new(),
+            bot_credential: String::new(),
+            bot_credential_file: String::new(),
+            bot_username: "RepitBot".to_owned(),
+            platform_admin_emails: Vec::new(),
+            rate_limit_address_burst: 60,
+            rate_limit_address_per_minute: 60,
+            rate_limit_account_burst: 10,
+            rate_limit_account_per_minute: 5,
         }
     }
 }
@@ -64,6 +134,20 @@ impl AuthConfig {
         } else {
             PathBuf::from(&self.key_encryption_key_file)
         }
+    }
+
+    /// The bot credential: `bot_credential`, else the contents of `bot_credential_file`, else
+    /// none.
+    pub fn bot_credential(&self) -> std::io::Result<Option<String>> {
+        if !self.bot_credential.is_empty() {
+            return Ok(Some(self.bot_credential.clone()));
+        }
+        if self.bot_credential_file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.bot_credential_file)?;
+        let text = text.trim_end();
+        Ok((!text.is_empty()).then(|| text.to_owned()))
     }
 }
 
@@ -301,6 +385,15 @@ impl Config {
                 humantime_serde::re::humantime::format_duration(self.server.shutdown_grace),
             ));
         }
+        let keys_url = &self.auth.user_service_url;
+        let accepted = keys_url.is_empty()
+            || keys_url.starts_with("http://")
+            || keys_url.starts_with("https://");
+        if !accepted {
+            problems.push(format!(
+                "auth.user_service_url: `{keys_url}` must start with http:// or https://"
+            ));
+        }
         let store = self.storage.event_store();
         if ![
             "sqlite:",
@@ -338,6 +431,28 @@ impl Config {
         }
         if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {
             problems.push("auth.issuer / auth.audience: must not be empty".to_owned());
+        }
+        if !self.auth.bot_credential.is_empty() && self.auth.bot_credential.len() < 16 {
+            problems.push("auth.bot_credential: must be at least 16 characters".to_owned());
+        }
+        if !self
+            .auth
+            .bot_username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || self.auth.bot_username.is_empty()
+        {
+            problems.push("auth.bot_username: letters, digits and _ only".to_owned());
+        }
+        if [
+            self.auth.rate_limit_address_burst,
+            self.auth.rate_limit_address_per_minute,
+            self.auth.rate_limit_account_burst,
+            self.auth.rate_limit_account_per_minute,
+        ]
+        .contains(&0)
+        {
+            problems.push("auth.rate_limit_*: must be at least 1".to_owned());
         }
         if self.projections.batch_size == 0 || self.projections.batch_size > 10_000 {
             problems.push("projections.batch_size: must be 1..=10000".to_owned());

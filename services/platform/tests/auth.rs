@@ -49,6 +49,7 @@ fn subject() -> Subject {
         children: vec!["student-3".into()],
         amr: vec!["pwd".into()],
         auth_time: t0() - TimeDelta::minutes(5),
+        time_zone: "Europe/Moscow".into(),
     }
 }
 
@@ -104,6 +105,7 @@ fn a_good_token_verifies_and_yields_the_caller() {
             session_id: "session-1".into(),
             roles: subject().roles,
             children: vec!["student-3".into()],
+            time_zone: Some("Europe/Moscow".into()),
             expires_at: t0() + TimeDelta::minutes(10),
         }
     );

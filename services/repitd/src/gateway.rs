@@ -12,12 +12,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use repit_gateway::deadline::DeadlinePolicy;
-use repit_gateway::{
-    Edge, GatewayGrpc, LoadMeter, RateLimiter, RemoteKeys, RouteTable, UpstreamSpec,
-};
-use repit_platform::auth::{AuthLayer, KeySet, Verifier};
+use repit_gateway::{Edge, GatewayGrpc, LoadMeter, RateLimiter, RouteTable, UpstreamSpec};
+use repit_platform::auth::{AuthLayer, Verifier};
 use repit_platform::{Config, RequestContextLayer};
-use repit_user::application::UserApplication;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -37,6 +34,19 @@ pub(crate) struct Gateway {
     shutdown: CancellationToken,
 }
 
+/// `config` with `auth.user_service_url` defaulting to `gateway.upstreams.user`: a gateway in
+/// front of the user service fetches the verifying keys from it without saying so twice.
+pub(crate) fn with_user_service_url(config: &Config) -> std::borrow::Cow<'_, Config> {
+    match config.gateway.upstreams.get("user") {
+        Some(url) if config.auth.user_service_url.is_empty() => {
+            let mut config = config.clone();
+            config.auth.user_service_url = url.clone();
+            std::borrow::Cow::Owned(config)
+        }
+        _ => std::borrow::Cow::Borrowed(config),
+    }
+}
+
 /// Methods callable without a token, across every service the gateway can route.
 fn public_methods() -> Vec<String> {
     repit_user::grpc::PUBLIC_METHODS
@@ -48,14 +58,13 @@ fn public_methods() -> Vec<String> {
 
 impl Gateway {
     /// The gateway for `targets`, if it is one of them, with its background tasks (upstream
-    /// health probes, and the key refresher when the keys come from the user upstream). `local`
-    /// names every gRPC service this process serves; `user` is the in-process user service,
-    /// whose key ring then verifies tokens.
+    /// health probes). `local` names every gRPC service this process serves; `verifier` is the
+    /// process's one verifier (`verifying_keys`), which the edge authenticates with.
     pub(crate) async fn open(
         config: &Config,
         targets: &TargetSet,
         local: Vec<String>,
-        user: Option<&UserApplication>,
+        verifier: Arc<Verifier>,
         instance: String,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<(Self, Vec<JoinHandle<()>>)>> {
@@ -81,39 +90,11 @@ impl Gateway {
                 .context("failed to set up the gateway's upstreams")?,
         );
 
-        let verifier = Arc::new(Verifier::new(
-            config.auth.issuer.clone(),
-            config.auth.audience.clone(),
-            KeySet::default(),
-        ));
-        let mut tasks = if settings.health_check_interval.is_zero() {
+        let tasks = if settings.health_check_interval.is_zero() {
             Vec::new()
         } else {
             table.spawn_health_checks(settings.health_check_interval, shutdown)
         };
-        let mut remote_keys = None;
-        if let Some(user) = user {
-            let keys = user
-                .keys()
-                .key_set(chrono::Utc::now())
-                .await
-                .context("failed to read the verifying keys")?;
-            verifier.replace_keys(keys);
-        } else if let Some(upstream) = table.upstream("user") {
-            let remote = RemoteKeys::new(Arc::clone(&verifier), upstream.channel());
-            // The first fetch before serving, so tokens verify from the first call; if the user
-            // service is not up yet, the refresher keeps trying and protected calls are refused
-            // until it succeeds.
-            if let Err(error) = remote.fetch().await {
-                tracing::warn!(error = %error, "no verifying keys yet; retrying in the background");
-            }
-            remote_keys = Some(remote.clone());
-            tasks.push(remote.spawn(shutdown.clone()));
-        } else {
-            tracing::warn!(
-                "the gateway has no user service (gateway.upstreams.user): protected calls are refused"
-            );
-        }
 
         let forwards = !table.proxied().is_empty();
         let auth =
@@ -135,7 +116,6 @@ impl Gateway {
             limiter,
             auth,
             verifier: (!forwards).then(|| Arc::clone(&verifier)),
-            remote_keys,
             deadlines: DeadlinePolicy {
                 default: settings.default_deadline,
                 max: settings.max_deadline,

@@ -10,6 +10,7 @@
 //!   and starts the selected workers (relay, projections).
 //! - [`backends`]: opens the event store, the read-model database and NATS from the config.
 //! - [`pipeline`]: the projections this build runs, their feed, and the relay's settings.
+//! - [`verifying_keys`]: the keys this process verifies access tokens with, kept current.
 //! - [`admin`]: `repitd projections …`, the operator's view of the projection runtime.
 
 pub mod admin;
@@ -20,6 +21,7 @@ mod gateway;
 pub mod pipeline;
 pub mod server;
 pub mod targets;
+pub mod verifying_keys;
 
 pub use cli::Cli;
 pub use server::{RunningServer, start};

@@ -14,8 +14,8 @@ use repit_lesson::{LessonApplication, LessonSettings};
 use repit_platform::auth::{AuthLayer, Verifier};
 use repit_platform::{Config, RequestContextLayer, status};
 use repit_projections::{FeedSource, ReadModelDb};
-use repit_user::application::{UserApplication, UserSettings};
-use repit_user::grpc::UserGrpc;
+use repit_user::application::{BotCredential, UserApplication, UserSettings};
+use repit_user::grpc::{RateLimits, UserGrpc};
 use repit_user::keys::{KeyEncryptionKey, KeyRing};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -108,31 +108,42 @@ pub async fn start(
     {
         workers.push(worker);
     }
+    let verifier = if targets
+        .components()
+        .iter()
+        .any(|c| matches!(c, Component::User | Component::Lesson | Component::Gateway))
+    {
+        let local = services.user.as_ref().map(UserApplication::keys);
+        let config = crate::gateway::with_user_service_url(config);
+        Some(crate::verifying_keys::verifier(&config, local, &shutdown).await?)
+    } else {
+        None
+    };
     let gateway = open_gateway(
         config,
         targets,
-        &services,
+        verifier.clone(),
         local_addr,
         &shutdown,
         &mut workers,
     )
     .await?;
-
     let (health, health_service) = tonic_health::server::health_reporter();
     let mut routes = Routes::new(health_service);
     routes = routes
         .add_service(reflection_v1(targets)?)
         .add_service(reflection_v1alpha(targets)?);
     for &component in targets.components() {
-        routes = match (component, &services.lesson) {
-            (Component::Lesson, Some(lesson)) => routes.add_service(
-                repit_lesson::LessonGrpc::new(lesson.clone(), shutdown.clone()).into_server(),
+        routes = match (component, &services.lesson, &verifier) {
+            (Component::Lesson, Some(lesson), Some(verifier)) => routes.add_service(
+                repit_lesson::LessonGrpc::new(lesson.clone(), shutdown.clone())
+                    .into_server(&AuthLayer::new(verifier.clone())),
             ),
-            (Component::User, _) => match &services.user {
-                Some(user) => mount_user(routes, config, user).await?,
+            (Component::User, _, Some(verifier)) => match &services.user {
+                Some(user) => mount_user(routes, config, user, verifier.clone()),
                 None => mount_unimplemented(routes, component, &contracts)?,
             },
-            (Component::Gateway, _) => match &gateway {
+            (Component::Gateway, _, _) => match &gateway {
                 Some(gateway) => gateway.mount(routes),
                 None => mount_unimplemented(routes, component, &contracts)?,
             },
@@ -299,35 +310,57 @@ async fn open_user(config: &Config, store: Arc<dyn EventStore>) -> anyhow::Resul
     let keys = KeyRing::open(store.clone(), kek, chrono::Utc::now())
         .await
         .context("failed to open the signing-key ring")?;
+    let bot_credential = config
+        .auth
+        .bot_credential()
+        .with_context(|| {
+            format!(
+                "failed to read the bot credential file {}",
+                config.auth.bot_credential_file
+            )
+        })?
+        .map(BotCredential::new);
+    if bot_credential.is_none() {
+        tracing::warn!("no auth.bot_credential configured: the Telegram bot cannot log users in");
+    }
     let settings = UserSettings {
         issuer: config.auth.issuer.clone(),
         audience: config.auth.audience.clone(),
+        bot_credential,
+        bot_username: config.auth.bot_username.clone(),
+        platform_admin_emails: config
+            .auth
+            .platform_admin_emails
+            .iter()
+            .map(|e| repit_user::application::normalise_email(e))
+            .collect(),
         ..UserSettings::default()
     };
     UserApplication::new(store, keys, settings).context("failed to start the user service")
 }
 
 /// Mounts the user service behind the auth layer (its public RPCs stay open) and the request
-/// context layer, outermost, so the actor reaches the events it appends.
-async fn mount_user(
+/// context layer, outermost, so the actor reaches the events it appends. The process's verifier
+/// is handed to the service so that a rotation made here reaches it at once; other replicas'
+/// rotations reach it through [`crate::verifying_keys`].
+fn mount_user(
     routes: Routes,
     config: &Config,
     user: &UserApplication,
-) -> anyhow::Result<Routes> {
+    verifier: Arc<Verifier>,
+) -> Routes {
     use tower::Layer;
-    let keys = user
-        .keys()
-        .key_set(chrono::Utc::now())
-        .await
-        .context("failed to read the verifying keys")?;
-    let verifier = Arc::new(Verifier::new(
-        config.auth.issuer.clone(),
-        config.auth.audience.clone(),
-        keys,
-    ));
+    let user = user.clone().with_verifier(Arc::clone(&verifier));
     let auth = AuthLayer::new(verifier).public(repit_user::grpc::PUBLIC_METHODS);
-    let service = UserGrpc::new(user.clone(), config.auth.issuer.clone()).into_server();
-    Ok(routes.add_service(RequestContextLayer.layer(auth.layer(service))))
+    let limits = RateLimits {
+        address_burst: config.auth.rate_limit_address_burst,
+        address_per_minute: config.auth.rate_limit_address_per_minute,
+        account_burst: config.auth.rate_limit_account_burst,
+        account_per_minute: config.auth.rate_limit_account_per_minute,
+    };
+    let service =
+        UserGrpc::with_rate_limits(user, config.auth.issuer.clone(), limits).into_server();
+    routes.add_service(RequestContextLayer.layer(auth.layer(service)))
 }
 
 /// The gateway when it is a target (its background tasks join the workers), over every gRPC
@@ -335,11 +368,14 @@ async fn mount_user(
 async fn open_gateway(
     config: &Config,
     targets: &TargetSet,
-    services: &Services,
+    verifier: Option<Arc<Verifier>>,
     local_addr: SocketAddr,
     shutdown: &CancellationToken,
     workers: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<Option<Gateway>> {
+    let Some(verifier) = verifier else {
+        return Ok(None);
+    };
     let local = [HEALTH_SERVICE]
         .into_iter()
         .chain(REFLECTION_SERVICES)
@@ -347,15 +383,7 @@ async fn open_gateway(
         .map(str::to_owned)
         .collect();
     let instance = format!("repitd@{local_addr}");
-    let opened = Gateway::open(
-        config,
-        targets,
-        local,
-        services.user.as_ref(),
-        instance,
-        shutdown,
-    )
-    .await?;
+    let opened = Gateway::open(config, targets, local, verifier, instance, shutdown).await?;
     Ok(opened.map(|(gateway, tasks)| {
         workers.extend(tasks);
         gateway

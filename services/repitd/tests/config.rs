@@ -93,3 +93,18 @@ fn the_effective_configuration_can_be_printed() {
     assert!(printed.contains("level = \"debug\""), "{printed}");
     assert!(printed.contains("listen = \"127.0.0.1:0\""), "{printed}");
 }
+
+#[test]
+fn the_bot_credential_is_never_printed_and_a_short_one_is_refused() {
+    let secret = "bot-secret-that-must-not-leak-42";
+    let output = repitd(&["config"], &[("REPIT_AUTH__BOT_CREDENTIAL", secret)]);
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("bot_username"), "{printed}");
+    assert!(!printed.contains(secret), "{printed}");
+    assert!(!stderr(&output).contains(secret));
+
+    let output = repitd(&["config"], &[("REPIT_AUTH__BOT_CREDENTIAL", "short")]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(stderr(&output).contains("auth.bot_credential"));
+}

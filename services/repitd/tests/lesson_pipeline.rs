@@ -16,10 +16,10 @@ use prost_types::Timestamp;
 use repit_proto::repit::common::v1::{self as common, Date, TimeOfDay, Weekday};
 use repit_proto::repit::lesson::v1 as pb;
 use repit_proto::repit::lesson::v1::lesson_service_client::LessonServiceClient;
+use repit_tests::identity::{self, SignedInChannel};
 use repit_tests::{Backend, ChildServer, require, spawn_server};
 use sqlx::Connection;
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
@@ -27,13 +27,15 @@ fn repitd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_repitd"))
 }
 
-async fn client(server: &ChildServer) -> LessonServiceClient<Channel> {
-    let channel = Channel::from_shared(server.url())
-        .expect("valid url")
-        .connect()
-        .await
-        .expect("connect to repitd");
-    LessonServiceClient::new(channel)
+/// A lesson client of `lessons`, signed in as a new tutor of the user service at `users`,
+/// and the tutor's id.
+async fn signed_in(
+    users: &ChildServer,
+    lessons: &ChildServer,
+) -> (LessonServiceClient<SignedInChannel>, String) {
+    let tutor = identity::sign_up_tutor(identity::channel(&users.url()), "Anna Petrova").await;
+    let client = LessonServiceClient::new(tutor.on(identity::channel(&lessons.url())));
+    (client, tutor.user_id)
 }
 
 fn ts(at: DateTime<Utc>) -> Option<Timestamp> {
@@ -79,8 +81,8 @@ where
 
 /// The scenario both modes run: a series, a reschedule, a cancellation, attendance and an
 /// outcome, a refused double booking, then the schedule read back from the read models.
-async fn scenario(lessons: &mut LessonServiceClient<Channel>) {
-    let tutor = Uuid::now_v7().to_string();
+async fn scenario(lessons: &mut LessonServiceClient<SignedInChannel>, tutor: &str) {
+    let tutor = tutor.to_owned();
     let student = Uuid::now_v7().to_string();
     let zone = "Europe/Berlin";
     // Next Monday, well in the future, so the policy sees plenty of notice.
@@ -356,7 +358,8 @@ async fn scenario(lessons: &mut LessonServiceClient<Channel>) {
 #[tokio::test]
 async fn the_scenario_runs_embedded_on_sqlite_without_nats() {
     let server = spawn_server(repitd(), &["serve"], &[]).await;
-    scenario(&mut client(&server).await).await;
+    let (mut lessons, tutor) = signed_in(&server, &server).await;
+    scenario(&mut lessons, &tutor).await;
     let (exit, _) = server.terminate().await;
     assert!(exit.success());
 }
@@ -377,6 +380,8 @@ async fn fresh_database(base: &str) -> String {
 
 struct Distributed {
     env: Vec<(String, String)>,
+    /// The user service, alone: the lesson process fetches its verifying keys from it.
+    user: ChildServer,
     lesson: ChildServer,
     relay: ChildServer,
     projections: Option<ChildServer>,
@@ -396,11 +401,15 @@ impl Distributed {
             ("REPIT_NATS__STREAM".into(), format!("E2E_{unique}")),
             ("REPIT_NATS__SUBJECT_PREFIX".into(), format!("e2e.{unique}")),
         ];
-        let lesson = Self::spawn(&env, "lesson").await;
+        let user = Self::spawn(&env, "user").await;
+        let mut lesson_env = env.clone();
+        lesson_env.push(("REPIT_AUTH__USER_SERVICE_URL".into(), user.url()));
+        let lesson = Self::spawn(&lesson_env, "lesson").await;
         let relay = Self::spawn(&env, "relay").await;
         let projections = Self::spawn(&env, "projections").await;
         Some(Self {
             env,
+            user,
             lesson,
             relay,
             projections: Some(projections),
@@ -414,9 +423,14 @@ impl Distributed {
     }
 
     async fn stop(self) {
-        for server in [Some(self.lesson), Some(self.relay), self.projections]
-            .into_iter()
-            .flatten()
+        for server in [
+            Some(self.lesson),
+            Some(self.user),
+            Some(self.relay),
+            self.projections,
+        ]
+        .into_iter()
+        .flatten()
         {
             let (exit, _) = server.terminate().await;
             assert!(exit.success(), "repitd exited with {exit}");
@@ -429,13 +443,13 @@ async fn the_scenario_runs_distributed_on_postgres_and_jetstream() {
     let Some(mesh) = Distributed::start().await else {
         return;
     };
-    let mut lessons = client(&mesh.lesson).await;
-    scenario(&mut lessons).await;
+    let (mut lessons, tutor) = signed_in(&mesh.user, &mesh.lesson).await;
+    scenario(&mut lessons, &tutor).await;
 
     // Every event carries the request's correlation id and trace context (DESIGN.md).
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut request = tonic::Request::new(pb::ScheduleLessonRequest {
-        tutor_id: Uuid::now_v7().to_string(),
+        tutor_id: tutor.clone(),
         student_id: Uuid::now_v7().to_string(),
         start_time: ts(Utc::now() + TimeDelta::days(9)),
         duration: hour(),
@@ -494,8 +508,7 @@ async fn a_projections_process_killed_mid_stream_resumes_exactly() {
     let Some(mut mesh) = Distributed::start().await else {
         return;
     };
-    let mut lessons = client(&mesh.lesson).await;
-    let tutor = Uuid::now_v7().to_string();
+    let (mut lessons, tutor) = signed_in(&mesh.user, &mesh.lesson).await;
     let base = Utc::now() + TimeDelta::days(30);
     const LESSONS: usize = 300;
     let mut expected = Vec::new();
@@ -579,8 +592,7 @@ async fn a_projections_process_killed_mid_stream_resumes_exactly() {
 #[tokio::test]
 async fn of_clients_racing_for_one_slot_exactly_one_books_it() {
     let server = spawn_server(repitd(), &["serve"], &[]).await;
-    let lessons = client(&server).await;
-    let tutor = Uuid::now_v7().to_string();
+    let (lessons, tutor) = signed_in(&server, &server).await;
     let start = Utc::now() + TimeDelta::days(3);
     let attempts = (0..8).map(|_| {
         let mut lessons = lessons.clone();
@@ -646,8 +658,7 @@ async fn an_operator_rebuilds_a_read_model_while_the_service_keeps_answering() {
     let Some(mesh) = Distributed::start().await else {
         return;
     };
-    let mut lessons = client(&mesh.lesson).await;
-    let tutor = Uuid::now_v7().to_string();
+    let (mut lessons, tutor) = signed_in(&mesh.user, &mesh.lesson).await;
     let start = Utc::now() + TimeDelta::days(40);
     let mut ids = Vec::new();
     for i in 0..20 {

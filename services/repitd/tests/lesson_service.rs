@@ -10,20 +10,19 @@ use prost_types::{FieldMask, Timestamp};
 use repit_proto::repit::common::v1::{Date, TimeOfDay, Weekday};
 use repit_proto::repit::lesson::v1 as pb;
 use repit_proto::repit::lesson::v1::lesson_service_client::LessonServiceClient;
+use repit_tests::identity::{self, SignedInChannel};
 use repit_tests::{ChildServer, spawn_server};
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-async fn serve() -> (ChildServer, LessonServiceClient<Channel>) {
+/// The embedded server, and a lesson client signed in as a new tutor (with the tutor's id).
+async fn serve() -> (ChildServer, LessonServiceClient<SignedInChannel>, String) {
     let server = spawn_server(Path::new(env!("CARGO_BIN_EXE_repitd")), &["serve"], &[]).await;
-    let channel = Channel::from_shared(server.url())
-        .expect("valid url")
-        .connect()
-        .await
-        .expect("connect");
-    (server, LessonServiceClient::new(channel))
+    let channel = identity::channel(&server.url());
+    let tutor = identity::sign_up_tutor(channel.clone(), "Anna Petrova").await;
+    let lessons = LessonServiceClient::new(tutor.on(channel));
+    (server, lessons, tutor.user_id)
 }
 
 fn minutes(n: i64) -> Option<prost_types::Duration> {
@@ -66,7 +65,7 @@ fn weekly(slots: &[(Weekday, i32)], count: i32, start: chrono::NaiveDate) -> pb:
 }
 
 async fn create_series(
-    lessons: &mut LessonServiceClient<Channel>,
+    lessons: &mut LessonServiceClient<SignedInChannel>,
     tutor: &str,
     student: &str,
     recurrence: pb::Recurrence,
@@ -88,8 +87,8 @@ async fn create_series(
 
 #[tokio::test]
 async fn this_and_following_moves_the_rest_of_a_series_to_a_new_weekday() {
-    let (server, mut lessons) = serve().await;
-    let (tutor, student) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+    let (server, mut lessons, tutor) = serve().await;
+    let student = Uuid::now_v7().to_string();
     let created = create_series(
         &mut lessons,
         &tutor,
@@ -197,8 +196,8 @@ async fn this_and_following_moves_the_rest_of_a_series_to_a_new_weekday() {
 
 #[tokio::test]
 async fn a_cancelled_lessons_topic_shifts_along_the_following_lessons() {
-    let (server, mut lessons) = serve().await;
-    let (tutor, student) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+    let (server, mut lessons, tutor) = serve().await;
+    let student = Uuid::now_v7().to_string();
     let created = create_series(
         &mut lessons,
         &tutor,
@@ -301,7 +300,7 @@ async fn a_cancelled_lessons_topic_shifts_along_the_following_lessons() {
 
 #[tokio::test]
 async fn bad_input_is_refused_with_every_bad_field_named_and_nothing_stored() {
-    let (server, mut lessons) = serve().await;
+    let (server, mut lessons, tutor) = serve().await;
     let refused = lessons
         .schedule_lesson(pb::ScheduleLessonRequest {
             request_id: "not-a-uuid".into(),
@@ -340,7 +339,6 @@ async fn bad_input_is_refused_with_every_bad_field_named_and_nothing_stored() {
         "INVALID_FIELD"
     );
 
-    let tutor = Uuid::now_v7().to_string();
     let listed = lessons
         .list_lessons(pb::ListLessonsRequest {
             tutor_id: tutor.clone(),
@@ -433,10 +431,10 @@ async fn bad_input_is_refused_with_every_bad_field_named_and_nothing_stored() {
 
 #[tokio::test]
 async fn a_retried_schedule_returns_the_first_answer() {
-    let (server, mut lessons) = serve().await;
+    let (server, mut lessons, tutor) = serve().await;
     let request = pb::ScheduleLessonRequest {
         request_id: Uuid::now_v7().to_string(),
-        tutor_id: Uuid::now_v7().to_string(),
+        tutor_id: tutor,
         student_id: Uuid::now_v7().to_string(),
         start_time: Some(Timestamp {
             seconds: (Utc::now() + TimeDelta::days(2)).timestamp(),
@@ -465,8 +463,7 @@ async fn a_retried_schedule_returns_the_first_answer() {
 #[tokio::test]
 async fn a_schedule_watch_sends_a_snapshot_then_every_change_until_shutdown() {
     use pb::watch_schedule_response::Update;
-    let (server, mut lessons) = serve().await;
-    let tutor = Uuid::now_v7().to_string();
+    let (server, mut lessons, tutor) = serve().await;
     let now = Utc::now();
     let lesson_at = |days: i64| pb::ScheduleLessonRequest {
         request_id: Uuid::now_v7().to_string(),
@@ -571,4 +568,55 @@ async fn next(
     tokio::time::timeout(Duration::from_secs(20), watch.message())
         .await
         .expect("a message in time")
+}
+
+#[tokio::test]
+async fn a_view_without_scope_or_zone_shows_the_callers_own_schedule_in_their_profile_zone() {
+    let (server, mut lessons, tutor) = serve().await;
+    let start = Utc::now() + TimeDelta::days(5);
+    let lesson = lessons
+        .schedule_lesson(pb::ScheduleLessonRequest {
+            tutor_id: tutor.clone(),
+            student_id: Uuid::now_v7().to_string(),
+            start_time: Some(Timestamp {
+                seconds: start.timestamp(),
+                nanos: 0,
+            }),
+            duration: minutes(60),
+            time_zone: "Europe/Moscow".into(),
+            subject: "Chemistry".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("scheduled")
+        .into_inner()
+        .lesson
+        .expect("lesson");
+    // The tutor signed up in Europe/Moscow: the token says so, and the view uses it.
+    // Moscow keeps UTC+3 all year.
+    let moscow_date = (start + TimeDelta::hours(3)).date_naive();
+    let mut entries = Vec::new();
+    for _ in 0..200 {
+        let day = lessons
+            .get_day_schedule(pb::GetDayScheduleRequest {
+                date: date(moscow_date),
+                ..Default::default()
+            })
+            .await
+            .expect("the caller's own day")
+            .into_inner();
+        assert_eq!(day.time_zone, "Europe/Moscow");
+        entries = day.day.expect("a day").entries;
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(entries.len(), 1, "the lesson shows in the read model");
+    assert_eq!(
+        entries[0].lesson.as_ref().expect("lesson").lesson_id,
+        lesson.lesson_id
+    );
+    let (exit, _) = server.terminate().await;
+    assert!(exit.success());
 }

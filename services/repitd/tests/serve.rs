@@ -153,14 +153,15 @@ async fn target_all_serves_health_reflection_and_names_unbuilt_rpcs() {
     assert_eq!(info.reason, "NOT_IMPLEMENTED");
     assert_eq!(info.domain, "repit.app");
 
-    // The lesson service is built: an unknown lesson is NOT_FOUND, not UNIMPLEMENTED.
+    // The lesson service is built, and protected: without a token it is UNAUTHENTICATED, not
+    // UNIMPLEMENTED.
     let status = LessonServiceClient::new(channel.clone())
         .get_lesson(GetLessonRequest {
             lesson_id: "0190f5c2-0000-7000-8000-000000000000".into(),
         })
         .await
-        .expect_err("no such lesson");
-    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     let (exit, logs) = server.terminate().await;
     assert!(exit.success(), "repitd exited with {exit}");

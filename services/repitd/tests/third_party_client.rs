@@ -1,12 +1,12 @@
 //! A third-party client with no generated code — Python grpcio driven by server reflection —
-//! discovers every service, checks health, and calls an RPC.
+//! discovers every service, checks health, signs a tutor up, and calls an RPC with the token.
 
 use std::path::Path;
 
 use repit_tests::{Backend, require, spawn_server};
 
 #[tokio::test]
-async fn python_grpcio_discovers_services_by_reflection_and_calls_one() {
+async fn python_grpcio_discovers_services_signs_up_and_calls_one_with_the_token() {
     let Some(python) = require(Backend::PythonGrpc) else {
         return;
     };
@@ -16,10 +16,11 @@ async fn python_grpcio_discovers_services_by_reflection_and_calls_one() {
 
     let output = tokio::process::Command::new(&python)
         .arg(&script)
+        .arg("--sign-up")
         .arg(server.addr().to_string())
         .arg("repit.lesson.v1.LessonService/ScheduleLesson")
         .arg(
-            r#"{"tutorId": "0190f5c2-0000-7000-8000-000000000001",
+            r#"{"tutorId": "$USER_ID",
                 "studentId": "0190f5c2-0000-7000-8000-000000000002",
                 "startTime": "2030-01-07T15:00:00Z", "duration": "3600s",
                 "timeZone": "Europe/Moscow", "subject": "Физика"}"#,
@@ -43,6 +44,7 @@ async fn python_grpcio_discovers_services_by_reflection_and_calls_one() {
         "{result}"
     );
     assert_eq!(result["health"], "SERVING");
+    assert_eq!(result["sign_up"], "OK", "{result}");
     assert_eq!(result["call"]["code"], "OK", "{result}");
     let lesson = &result["call"]["response"]["lesson"];
     assert_eq!(lesson["subject"], "Физика", "{result}");

@@ -5,6 +5,19 @@
 //! with one email cannot both succeed. A refresh token is `<session id>.<secret>`: the session id
 //! finds its stream without a lookup table, and only the SHA-256 of the whole token is stored.
 //! Passwords are hashed with argon2id on the blocking pool (tens of milliseconds of CPU).
+//!
+//! - `invites`: CreateInvite, CreateTelegramBindingInvite, PreviewInvite, RedeemInvite,
+//!   RevokeInvite, LoginWithTelegram and the bot credential.
+//! - `schools`: CreateSchool, GetSchool, UpdateSchool.
+//! - `accounts`: CreateUser, GetUser, roles, parent links, password, email, sessions,
+//!   deactivation, key rotation, and the visibility rules they share.
+
+mod accounts;
+mod invites;
+mod schools;
+
+pub use accounts::Visibility;
+pub use invites::{NewInvite, Redeemed, Redeemer};
 
 use std::sync::Arc;
 
@@ -13,18 +26,21 @@ use chrono::{DateTime, TimeDelta, Utc};
 use repit_event_store::aggregate::ExecuteOptions;
 use repit_event_store::{EventStore, Repository, RepositoryError, StreamName};
 use repit_platform::auth::claims::Role;
-use repit_platform::auth::{RoleClaim, Subject, TokenIssuer};
+use repit_platform::auth::{Caller, RoleClaim, Subject, TokenIssuer, Verifier};
 use repit_proto::repit::common::v1::Language;
 use repit_proto::repit::user::v1 as pb;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::domain::invite::InviteCodec;
+use crate::domain::invite_code::{InviteCodeAggregate, InviteCodeCodec};
 use crate::domain::login_name::LoginNameCodec;
+use crate::domain::school::{SchoolAggregate, SchoolCodec};
 use crate::domain::session::SessionCodec;
-use crate::domain::user::{RegisterTutor, UserCodec};
+use crate::domain::user::{Register, UserCodec};
 use crate::domain::{
-    LoginNameAggregate, LoginNameCommand, LoginNameError, SessionAggregate, SessionCommand,
-    UserAggregate, UserCommand, UserError,
+    InviteAggregate, LoginNameAggregate, LoginNameCommand, LoginNameError, SessionAggregate,
+    SessionCommand, UserAggregate, UserCommand, UserError,
 };
 use crate::keys::KeyRing;
 
@@ -41,6 +57,40 @@ pub struct UserSettings {
     pub refresh_token_lifetime: TimeDelta,
     /// A session at the latest, refreshed or not.
     pub session_lifetime: TimeDelta,
+    /// The bot's credential; `None`: no bot may assert a Telegram identity.
+    pub bot_credential: Option<BotCredential>,
+    /// The bot's Telegram username, for deep links.
+    pub bot_username: String,
+    /// Emails whose sign-up also makes a platform admin (normalised).
+    pub platform_admin_emails: Vec<String>,
+}
+
+/// The Telegram bot's credential. Compared in constant time and never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BotCredential(String);
+
+impl BotCredential {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// Whether `presented` is the credential, in time independent of where they differ (both
+    /// are hashed first, so their lengths leak nothing either).
+    pub fn matches(&self, presented: &str) -> bool {
+        let a = Sha256::digest(self.0.as_bytes());
+        let b = Sha256::digest(presented.as_bytes());
+        let difference = a
+            .iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        std::hint::black_box(difference) == 0
+    }
+}
+
+impl std::fmt::Debug for BotCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BotCredential(<redacted>)")
+    }
 }
 
 impl Default for UserSettings {
@@ -51,6 +101,9 @@ impl Default for UserSettings {
             access_token_lifetime: std::time::Duration::from_secs(15 * 60),
             refresh_token_lifetime: TimeDelta::days(30),
             session_lifetime: TimeDelta::days(90),
+            bot_credential: None,
+            bot_username: "RepitBot".to_owned(),
+            platform_admin_emails: Vec::new(),
         }
     }
 }
@@ -67,6 +120,26 @@ pub enum AppError {
     AlreadyExists(&'static str),
     #[error("user not found")]
     NotFound,
+    /// NOT_FOUND for something other than a user (the message names it).
+    #[error("{0}")]
+    Missing(&'static str),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A business rule: FAILED_PRECONDITION with the contract's violation type.
+    #[error("{message}")]
+    Rule {
+        violation: &'static str,
+        message: String,
+    },
+    /// UNAUTHENTICATED for a Telegram assertion: `credential` is "bot" or "telegram_user".
+    #[error("{message}")]
+    BadCredential {
+        credential: &'static str,
+        message: &'static str,
+    },
+    /// RESOURCE_EXHAUSTED: retry after the delay.
+    #[error("too many attempts; retry later")]
+    RateLimited(std::time::Duration),
     #[error("{0}")]
     Aborted(String),
     #[error("a dependency is unavailable")]
@@ -89,10 +162,80 @@ impl<E: std::error::Error> From<RepositoryError<E>> for AppError {
     }
 }
 
+impl AppError {
+    /// FAILED_PRECONDITION with `violation`.
+    pub fn rule(violation: &'static str, message: impl Into<String>) -> Self {
+        Self::Rule {
+            violation,
+            message: message.into(),
+        }
+    }
+
+    /// PERMISSION_DENIED.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::PermissionDenied(message.into())
+    }
+
+    /// INVALID_ARGUMENT naming one field.
+    pub fn invalid(field: &str, description: &str) -> Self {
+        Self::Invalid(vec![(field.to_owned(), description.to_owned())])
+    }
+}
+
+/// A user aggregate's refusal as an answer; `NotFound` stays a user not found.
+impl From<UserError> for AppError {
+    fn from(error: UserError) -> Self {
+        match error {
+            UserError::NotFound => Self::NotFound,
+            UserError::AlreadyExists => Self::AlreadyExists("the account already exists"),
+            UserError::RoleAlreadyHeld => Self::AlreadyExists("the user holds this grant already"),
+            UserError::AlreadyLinked => Self::AlreadyExists("the parent is linked already"),
+            UserError::RoleNotHeld => Self::Missing("the user does not hold this grant"),
+            UserError::NotLinked => Self::Missing("the parent is not linked to the student"),
+            other => match other.violation() {
+                Some(violation) => Self::rule(violation, other.to_string()),
+                None => Self::Internal(other.to_string()),
+            },
+        }
+    }
+}
+
+/// A user command's outcome: domain refusals mapped by [`From<UserError>`].
+fn user_result<T>(result: Result<T, RepositoryError<UserError>>) -> Result<T, AppError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(RepositoryError::Domain(error)) => Err(error.into()),
+        Err(other) => Err(other.into()),
+    }
+}
+
 impl From<repit_event_store::model::InvalidStreamName> for AppError {
     fn from(error: repit_event_store::model::InvalidStreamName) -> Self {
         Self::Internal(error.to_string())
     }
+}
+
+/// How a tutor signs up.
+#[derive(Clone, Debug)]
+pub enum SignUpCredentials {
+    EmailPassword {
+        email: String,
+        password: String,
+    },
+    /// The bot on behalf of a Telegram user.
+    Telegram {
+        bot_credential: String,
+        telegram_user_id: i64,
+        username: String,
+    },
+    /// The authenticated caller adds the tutor role to their account.
+    CurrentUser(Caller),
+}
+
+fn unreachable_credentials<T>() -> Result<T, AppError> {
+    Err(AppError::Internal(
+        "current_user sign-up is handled before".to_owned(),
+    ))
 }
 
 /// Tokens handed to a client.
@@ -114,7 +257,12 @@ pub struct UserApplication {
     users: Arc<Repository<UserAggregate, UserCodec>>,
     names: Arc<Repository<LoginNameAggregate, LoginNameCodec>>,
     sessions: Arc<Repository<SessionAggregate, SessionCodec>>,
+    invites: Arc<Repository<InviteAggregate, InviteCodec>>,
+    codes: Arc<Repository<InviteCodeAggregate, InviteCodeCodec>>,
+    schools: Arc<Repository<SchoolAggregate, SchoolCodec>>,
     keys: KeyRing,
+    /// The verifier of this process, given new keys as soon as a rotation here changes them.
+    verifier: Option<Arc<Verifier>>,
     issuer: TokenIssuer,
     settings: UserSettings,
     /// Verified against when an email is unknown, so an unknown account costs the same time.
@@ -151,6 +299,35 @@ fn email_stream(email: &str) -> Result<StreamName, AppError> {
 
 fn user_stream(user_id: &str) -> Result<StreamName, AppError> {
     stream(format!("user-{user_id}"))
+}
+
+fn telegram_stream(telegram_user_id: i64) -> Result<StreamName, AppError> {
+    stream(format!("login-telegram-{telegram_user_id}"))
+}
+
+fn invite_stream(invite_id: &str) -> Result<StreamName, AppError> {
+    stream(format!("invite-{invite_id}"))
+}
+
+fn school_stream(school_id: &str) -> Result<StreamName, AppError> {
+    stream(format!("school-{school_id}"))
+}
+
+fn invite_code_stream(code_sha256: &str) -> Result<StreamName, AppError> {
+    stream(format!("invite-code-{code_sha256}"))
+}
+
+/// A deterministic id for what `request_id` (a client's retry key) creates, or a fresh one.
+fn id_for(kind: &str, request_id: &str) -> String {
+    if request_id.is_empty() {
+        Uuid::now_v7()
+    } else {
+        Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("repit.user/{kind}/{request_id}").as_bytes(),
+        )
+    }
+    .to_string()
 }
 
 fn session_stream(session_id: &str) -> Result<StreamName, AppError> {
@@ -245,8 +422,12 @@ impl UserApplication {
         Ok(Self {
             users: Arc::new(Repository::new(store.clone(), UserCodec)),
             names: Arc::new(Repository::new(store.clone(), LoginNameCodec)),
-            sessions: Arc::new(Repository::new(store, SessionCodec)),
+            sessions: Arc::new(Repository::new(store.clone(), SessionCodec)),
+            invites: Arc::new(Repository::new(store.clone(), InviteCodec)),
+            codes: Arc::new(Repository::new(store.clone(), InviteCodeCodec)),
+            schools: Arc::new(Repository::new(store, SchoolCodec)),
             keys,
+            verifier: None,
             issuer,
             settings,
             dummy_hash: Arc::new(dummy_hash),
@@ -258,50 +439,148 @@ impl UserApplication {
         &self.keys
     }
 
-    /// SignUpTutor with email and password: claims the email, registers the account with the
-    /// tutor role, starts a session.
+    /// Gives `verifier` the new key set whenever a rotation through this application changes it
+    /// (other replicas' rotations arrive through the process's key follower, which re-reads the
+    /// ring).
+    pub fn with_verifier(mut self, verifier: Arc<Verifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    async fn publish_keys(&self) -> Result<(), AppError> {
+        if let Some(verifier) = &self.verifier {
+            let keys = self
+                .keys
+                .key_set(Utc::now())
+                .await
+                .map_err(|e| AppError::Internal(e.to_string()))?;
+            verifier.replace_keys(keys);
+        }
+        Ok(())
+    }
+
+    /// The bot username deep links name.
+    pub fn bot_username(&self) -> &str {
+        &self.settings.bot_username
+    }
+
+    /// Refuses an assertion whose bot credential is wrong (or when none is configured).
+    pub fn check_bot(&self, presented: &str) -> Result<(), AppError> {
+        match &self.settings.bot_credential {
+            Some(credential) if credential.matches(presented) => Ok(()),
+            _ => Err(AppError::BadCredential {
+                credential: "bot",
+                message: "invalid bot credential",
+            }),
+        }
+    }
+
+    /// SignUpTutor with email and password or a bot assertion: claims the login name, registers
+    /// the account with the tutor role (and the platform admin role for a configured email),
+    /// starts a session.
     #[allow(clippy::too_many_arguments)] // one per field of the request, parsed
     pub async fn sign_up_tutor(
         &self,
         request_id: &str,
-        email: &str,
-        password: String,
+        credentials: SignUpCredentials,
         display_name: String,
         time_zone: String,
         language: Language,
         client_name: String,
-    ) -> Result<(pb::User, u64, Tokens), AppError> {
+    ) -> Result<(pb::User, u64, Option<Tokens>), AppError> {
         let now = Utc::now();
-        let email = normalise_email(email);
-        let user_id = if request_id.is_empty() {
-            Uuid::now_v7()
-        } else {
-            Uuid::new_v5(
-                &Uuid::NAMESPACE_OID,
-                format!("repit.user/sign-up/{request_id}").as_bytes(),
-            )
+        if let SignUpCredentials::CurrentUser(caller) = &credentials {
+            // An existing account (e.g. a parent who starts tutoring) adds the tutor role.
+            let command = UserCommand::GrantRole {
+                grant: pb::RoleGrant {
+                    role: pb::Role::Tutor as i32,
+                    ..Default::default()
+                },
+                invite_id: String::new(),
+                actor: caller.user_id.clone(),
+                now,
+            };
+            let executed = match self
+                .users
+                .execute(&user_stream(&caller.user_id)?, &command)
+                .await
+            {
+                Err(RepositoryError::Domain(UserError::RoleAlreadyHeld)) => {
+                    return Err(AppError::AlreadyExists("the caller is a tutor already"));
+                }
+                other => user_result(other)?,
+            };
+            let revision = executed.revision.unwrap_or(0);
+            let mut user = executed.state.user.ok_or(AppError::NotFound)?;
+            user.revision = revision;
+            return Ok((user, revision, None));
         }
-        .to_string();
-        let password_hash = hash_password(password).await?;
-        let claim = LoginNameCommand::ClaimEmail {
-            email: email.clone(),
-            user_id: user_id.clone(),
-            now,
-        };
-        match self.names.execute(&email_stream(&email)?, &claim).await {
-            Ok(_) => {}
-            Err(RepositoryError::Domain(LoginNameError::Taken)) => {
-                return Err(AppError::AlreadyExists("the email already has an account"));
+        let user_id = id_for("sign-up", request_id);
+        let mut grants = vec![pb::RoleGrant {
+            role: pb::Role::Tutor as i32,
+            ..Default::default()
+        }];
+        let (email, password_hash, telegram, method) = match credentials {
+            SignUpCredentials::EmailPassword { email, password } => {
+                let email = normalise_email(&email);
+                let password_hash = hash_password(password).await?;
+                let claim = LoginNameCommand::ClaimEmail {
+                    email: email.clone(),
+                    user_id: user_id.clone(),
+                    now,
+                };
+                match self.names.execute(&email_stream(&email)?, &claim).await {
+                    Ok(_) => {}
+                    Err(RepositoryError::Domain(LoginNameError::Taken)) => {
+                        return Err(AppError::AlreadyExists("the email already has an account"));
+                    }
+                    Err(other) => return Err(other.into()),
+                }
+                if self.settings.platform_admin_emails.contains(&email) {
+                    grants.push(pb::RoleGrant {
+                        role: pb::Role::Admin as i32,
+                        ..Default::default()
+                    });
+                }
+                (email, password_hash, None, pb::SignInMethod::Password)
             }
-            Err(other) => return Err(other.into()),
-        }
-        let register = UserCommand::RegisterTutor(Box::new(RegisterTutor {
+            SignUpCredentials::Telegram {
+                bot_credential,
+                telegram_user_id,
+                username,
+            } => {
+                self.check_bot(&bot_credential)?;
+                self.claim_telegram(telegram_user_id, &user_id, &user_id, now)
+                    .await
+                    .map_err(|e| match e {
+                        AppError::Rule { .. } => {
+                            AppError::AlreadyExists("the telegram id already has an account")
+                        }
+                        other => other,
+                    })?;
+                (
+                    String::new(),
+                    String::new(),
+                    Some((telegram_user_id, username)),
+                    pb::SignInMethod::Telegram,
+                )
+            }
+            SignUpCredentials::CurrentUser(_) => unreachable_credentials()?,
+        };
+        let (telegram_user_id, telegram_username) = telegram.unwrap_or_default();
+        let register = UserCommand::Register(Box::new(Register {
             user_id: user_id.clone(),
+            method: pb::RegistrationMethod::SignUp,
             display_name,
             email,
             password_hash,
+            telegram_user_id,
+            telegram_username,
             time_zone,
             language,
+            invite_id: String::new(),
+            grants,
+            actor: user_id.clone(),
             now,
         }));
         let (user, revision) = match self.users.execute(&user_stream(&user_id)?, &register).await {
@@ -315,10 +594,37 @@ impl UserApplication {
         };
         let mut account = user.user.clone().ok_or(AppError::NotFound)?;
         account.revision = revision.unwrap_or(0);
-        let tokens = self
-            .start_session(&user, pb::SignInMethod::Password, client_name, now)
-            .await?;
-        Ok((account, revision.unwrap_or(0), tokens))
+        let tokens = self.start_session(&user, method, client_name, now).await?;
+        Ok((account, revision.unwrap_or(0), Some(tokens)))
+    }
+
+    /// Claims the login name of a Telegram id for `user_id`; another holder is
+    /// TELEGRAM_ALREADY_BOUND.
+    async fn claim_telegram(
+        &self,
+        telegram_user_id: i64,
+        user_id: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let claim = LoginNameCommand::ClaimTelegram {
+            telegram_user_id,
+            user_id: user_id.to_owned(),
+            actor: actor.to_owned(),
+            now,
+        };
+        match self
+            .names
+            .execute(&telegram_stream(telegram_user_id)?, &claim)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RepositoryError::Domain(LoginNameError::Taken)) => Err(AppError::rule(
+                "TELEGRAM_ALREADY_BOUND",
+                "the telegram id belongs to another account",
+            )),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// LoginWithPassword. Every failure answers the same, after the same amount of work.
@@ -416,6 +722,7 @@ impl UserApplication {
                 .to_owned(),
             ],
             auth_time: now,
+            time_zone: account.time_zone.clone(),
         };
         let issued = self
             .issuer
@@ -454,7 +761,11 @@ impl UserApplication {
             presented_sha256: sha256_hex(refresh_token),
             next_sha256: sha256_hex(&next),
             next_expires_at: next_expires,
-            dead_before: user.sessions_dead_before,
+            dead_before: user.sessions_cut_off(
+                session_id,
+                pb::SignInMethod::try_from(session.sign_in_method)
+                    .unwrap_or(pb::SignInMethod::Password),
+            ),
             now,
         };
         let executed = match self.sessions.execute(&stream, &command).await {

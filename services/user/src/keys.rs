@@ -784,6 +784,7 @@ mod tests {
             children: vec![],
             amr: vec!["pwd".into()],
             auth_time: now,
+            time_zone: String::new(),
         };
         issuer.issue(key, &subject, now).expect("issue").token
     }

@@ -92,6 +92,10 @@ pub struct Claims {
     /// A parent's students, as of issue time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<String>,
+    /// The account's IANA time zone as of issue time (the OpenID Connect `zoneinfo` claim), so
+    /// every service can show times in the caller's zone without asking the user service.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zoneinfo: String,
 }
 
 /// The authenticated caller of a request, as handlers see it:
@@ -104,6 +108,8 @@ pub struct Caller {
     pub roles: Vec<RoleClaim>,
     /// A parent's students, as of issue time.
     pub children: Vec<String>,
+    /// The caller's IANA time zone as of issue time (`zoneinfo`), if the token names one.
+    pub time_zone: Option<String>,
     /// When the access token expires (without the verifier's clock leeway).
     pub expires_at: DateTime<Utc>,
 }
@@ -116,6 +122,7 @@ impl Caller {
             session_id: claims.sid.clone(),
             roles: claims.roles.clone(),
             children: claims.children.clone(),
+            time_zone: (!claims.zoneinfo.is_empty()).then(|| claims.zoneinfo.clone()),
             expires_at: DateTime::from_timestamp(claims.exp, 0)?,
         })
     }
@@ -186,6 +193,7 @@ mod tests {
             session_id: "s-1".into(),
             roles,
             children: vec!["kid-1".into()],
+            time_zone: None,
             expires_at: DateTime::from_timestamp(1_800_000_000, 0).expect("instant"),
         }
     }

@@ -42,6 +42,8 @@ pub struct Subject {
     pub amr: Vec<String>,
     /// When the session started.
     pub auth_time: DateTime<Utc>,
+    /// The account's IANA time zone (the `zoneinfo` claim); empty for none.
+    pub time_zone: String,
 }
 
 /// A freshly signed access token and what it says.
@@ -127,6 +129,7 @@ impl TokenIssuer {
             amr: subject.amr.clone(),
             roles: subject.roles.clone(),
             children: subject.children.clone(),
+            zoneinfo: subject.time_zone.clone(),
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| IssueError::Encode)?;
         let token = jws::sign(key, &payload).map_err(|_| IssueError::Encode)?;
@@ -157,6 +160,7 @@ mod tests {
             children: Vec::new(),
             amr: vec!["pwd".into()],
             auth_time: t0(),
+            time_zone: String::new(),
         }
     }
 

@@ -383,6 +383,7 @@ mod tests {
             children: Vec::new(),
             amr: vec!["pwd".into()],
             auth_time: now,
+            time_zone: String::new(),
         };
         issuer.issue(key, &subject, now).expect("issued").token
     }

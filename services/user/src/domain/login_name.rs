@@ -38,6 +38,18 @@ pub enum LoginNameCommand {
         user_id: String,
         now: DateTime<Utc>,
     },
+    ClaimTelegram {
+        telegram_user_id: i64,
+        user_id: String,
+        actor: String,
+        now: DateTime<Utc>,
+    },
+    ReleaseTelegram {
+        telegram_user_id: i64,
+        user_id: String,
+        actor: String,
+        now: DateTime<Utc>,
+    },
 }
 
 /// Why a login name refused a command.
@@ -81,6 +93,39 @@ impl Aggregate for LoginNameAggregate {
                         occurred_at: Some(timestamp(*now)),
                     })])
                 }
+                _ => Ok(vec![]),
+            },
+            LoginNameCommand::ClaimTelegram {
+                telegram_user_id,
+                user_id,
+                actor,
+                now,
+            } => match &self.holder {
+                Some(holder) if holder == user_id => Ok(vec![]),
+                Some(_) => Err(LoginNameError::Taken),
+                None => Ok(vec![LoginNameEvent::TelegramClaimed(
+                    pb::TelegramIdClaimed {
+                        telegram_user_id: *telegram_user_id,
+                        user_id: user_id.clone(),
+                        actor_user_id: actor.clone(),
+                        occurred_at: Some(timestamp(*now)),
+                    },
+                )]),
+            },
+            LoginNameCommand::ReleaseTelegram {
+                telegram_user_id,
+                user_id,
+                actor,
+                now,
+            } => match &self.holder {
+                Some(holder) if holder == user_id => Ok(vec![LoginNameEvent::TelegramReleased(
+                    pb::TelegramIdReleased {
+                        telegram_user_id: *telegram_user_id,
+                        user_id: user_id.clone(),
+                        actor_user_id: actor.clone(),
+                        occurred_at: Some(timestamp(*now)),
+                    },
+                )]),
                 _ => Ok(vec![]),
             },
         }
@@ -137,5 +182,33 @@ mod tests {
         given::<LoginNameAggregate>([claimed("u1"), released])
             .when(&claim("u2"))
             .then([claimed("u2")]);
+    }
+
+    #[test]
+    fn a_telegram_id_is_held_by_one_account_until_released() {
+        let claim = |user: &str| LoginNameCommand::ClaimTelegram {
+            telegram_user_id: 42,
+            user_id: user.into(),
+            actor: user.into(),
+            now: DateTime::UNIX_EPOCH,
+        };
+        let held = LoginNameAggregate::default()
+            .decide(&claim("u1"))
+            .unwrap_or_default();
+        given::<LoginNameAggregate>(held.clone())
+            .when(&claim("u2"))
+            .then_error(LoginNameError::Taken);
+        let release = LoginNameCommand::ReleaseTelegram {
+            telegram_user_id: 42,
+            user_id: "u1".into(),
+            actor: "u1".into(),
+            now: DateTime::UNIX_EPOCH,
+        };
+        let mut state = LoginNameAggregate::default();
+        held.iter().for_each(|e| state.evolve(e));
+        let released = state.decide(&release).unwrap_or_default();
+        released.iter().for_each(|e| state.evolve(e));
+        assert_eq!(state.holder, None);
+        assert!(state.decide(&claim("u2")).is_ok_and(|e| e.len() == 1));
     }
 }

@@ -233,6 +233,7 @@ fn token() -> (Arc<Verifier>, String) {
         roles: vec![RoleClaim::new(Role::Tutor)],
         children: Vec::new(),
         amr: vec!["pwd".into()],
+        time_zone: String::new(),
         auth_time: Utc::now(),
     };
     let token = issuer

@@ -5,17 +5,19 @@
 //! Outermost first, and why each sits where it does:
 //! 1. CORS: answers browser preflights itself and adds the CORS headers to every answer, the
 //!    gateway's own refusals included, or a browser would hide them from the page.
-//! 2. gRPC-web: turns `application/grpc-web(-text)` calls into gRPC, so everything inside sees
+//! 2. HTTP/1.1 bodies are read whole first, so that an early refusal (auth, limits) reaches a
+//!    client that is still writing its request instead of a closed connection.
+//! 3. gRPC-web: turns `application/grpc-web(-text)` calls into gRPC, so everything inside sees
 //!    one protocol (and trailers go back into the body for the browser).
-//! 3. Request ids: before any refusal, so even a shed or rate-limited call has an id to quote.
-//! 4. Route check: an unknown service is UNIMPLEMENTED before anything is spent on it.
-//! 5. Load shedding: the cheapest refusal (one atomic add) comes before token verification.
-//! 6. Authentication (gateway hop only; in-process services authenticate themselves): refuses
+//! 4. Request ids: before any refusal, so even a shed or rate-limited call has an id to quote.
+//! 5. Route check: an unknown service is UNIMPLEMENTED before anything is spent on it.
+//! 6. Load shedding: the cheapest refusal (one atomic add) comes before token verification.
+//! 7. Authentication (gateway hop only; in-process services authenticate themselves): refuses
 //!    protected calls without a valid token and names the caller for the limiter.
-//! 7. Rate limit: per caller, so it needs the caller from 6 (or verifies the token itself).
-//! 8. Deadline: the last layer before the call is served, so the time spent queued in the layers
+//! 8. Rate limit: per caller, so it needs the caller from 7 (or verifies the token itself).
+//! 9. Deadline: the last layer before the call is served, so the time spent queued in the layers
 //!    above (nothing: none of them waits) does not eat into it; sets `grpc-timeout` upstream.
-//! 9. Proxy: forwards to the upstream, or hands the call to the services mounted here.
+//! 10. Proxy: forwards to the upstream, or hands the call to the services mounted here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use tower::util::Either;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 use crate::deadline::{Deadline, DeadlineLayer, DeadlinePolicy};
+use crate::http1::{Http1Body, Http1BodyLayer};
 use crate::proxy::{Proxy, ProxyLayer, RouteCheck, RouteCheckLayer};
 use crate::rate_limit::{
     LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER, RateLimit, RateLimitLayer, RateLimiter,
@@ -101,8 +104,10 @@ pub type Limited<S> = RateLimit<Deadline<Proxy<S>>>;
 
 /// The whole edge around the local services `S`.
 pub type EdgeService<S> = Cors<
-    tonic_web::GrpcWebService<
-        RequestId<RouteCheck<LoadShed<Either<AuthService<Limited<S>>, Limited<S>>>>>,
+    Http1Body<
+        tonic_web::GrpcWebService<
+            RequestId<RouteCheck<LoadShed<Either<AuthService<Limited<S>>, Limited<S>>>>>,
+        >,
     >,
 >;
 
@@ -122,6 +127,7 @@ impl<S> Layer<S> for Edge {
             RouteCheckLayer::new(Arc::clone(&self.table))
                 .layer(LoadShedLayer::new(Arc::clone(&self.meter)).layer(authenticated)),
         );
-        cors(&self.cors_allowed_origins).layer(tonic_web::GrpcWebLayer::new().layer(inner))
+        cors(&self.cors_allowed_origins)
+            .layer(Http1BodyLayer.layer(tonic_web::GrpcWebLayer::new().layer(inner)))
     }
 }

@@ -16,12 +16,14 @@
 //! - [`request_id`]: `x-request-id` and `traceparent`.
 //! - [`grpc`]: `repit.gateway.v1.GatewayService` (routes, upstreams and their health watch,
 //!   load, quota).
+//! - [`http1`]: HTTP/1.1 request bodies read before anything answers (gRPC-web refusals arrive).
 //! - [`errors`]: the statuses the gateway answers itself.
 
 pub mod deadline;
 pub mod edge;
 pub mod errors;
 pub mod grpc;
+pub mod http1;
 pub mod proxy;
 pub mod rate_limit;
 pub mod request_id;

@@ -567,3 +567,58 @@ async fn a_gateway_started_before_the_user_service_gets_its_keys_once_it_is_up()
         }
     }
 }
+
+/// A real gRPC-web client (Connect-ES under Node, tests/clients/web) straight against the
+/// gateway's own gRPC-web and CORS, no Envoy: sign-up, a call with the token, a refusal without
+/// one, a lesson, a server stream and a preflight (the same script `browser_path.rs` runs
+/// through Envoy).
+#[tokio::test]
+async fn a_real_grpc_web_client_works_straight_against_the_gateway() {
+    const ORIGIN: &str = "https://app.repitbot.test";
+    let Some(client) = repit_tests::require(repit_tests::Backend::WebClient) else {
+        return;
+    };
+    let backend = backend().await;
+    let origins = format!("[\"{ORIGIN}\"]");
+    let gateway = gateway(
+        &backend,
+        &[("REPIT_GATEWAY__CORS_ALLOWED_ORIGINS", origins.as_str())],
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let descriptors = dir.path().join("repit_descriptor.bin");
+    std::fs::write(&descriptors, repit_proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .current_dir(&client)
+            .arg("grpc_web_client.mjs")
+            .arg(gateway.url())
+            .arg(&descriptors)
+            .arg(ORIGIN)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the web client finishes within 60 s")
+    .expect("run node");
+    assert!(
+        output.status.success(),
+        "web client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(result["signUp"], "OK", "{result}");
+    assert_eq!(result["currentUser"], "Web Tutor", "{result}");
+    assert_eq!(result["withoutToken"], "Unauthenticated", "{result}");
+    assert_eq!(result["scheduled"], "Физика", "{result}");
+    assert_eq!(result["watchFirst"], "snapshot", "{result}");
+    assert_eq!(result["preflight"]["allowOrigin"], ORIGIN, "{result}");
+    let allowed = result["preflight"]["allowHeaders"]
+        .as_str()
+        .expect("allowed headers");
+    for header in ["authorization", "x-grpc-web", "content-type"] {
+        assert!(allowed.contains(header), "{header} not allowed: {result}");
+    }
+}

@@ -429,7 +429,7 @@ async fn main() {
         ));
     }
     out.push_str(
-        "\nAdded latency is against the direct call with the same headers (auth on: against the direct call carrying the same token). Target: at most 150 µs added at p50. A hop is a second HTTP/2 exchange on loopback (the gateway decodes nothing: it forwards frames), so most of it is the two extra socket round trips and task wake-ups, which on 2 shared cores dominate.\n",
+        "\nAdded latency is against the direct call with the same headers (auth on: against the direct call carrying the same token). Target: at most 150 µs added at p50. A hop is a second HTTP/2 exchange on loopback (the gateway decodes nothing: it forwards frames), so most of it is the two extra socket round trips and task wake-ups, which on 2 shared cores dominate. Those wake-ups make the figures depend on the machine's load: on an idle machine the cores sleep deeper between calls and every figure is higher (here, a run on the machine 96% busy with other builds measured 38 µs direct and +40 / +48 µs added at p50), so compare rows of one run only.\n",
     );
     println!("{out}");
     if quick {

@@ -24,7 +24,7 @@ use tower::Layer;
 
 use crate::targets::{Component, TargetSet};
 
-/// The gateway of one process: its edge, and the key refresher when keys come from afar.
+/// The gateway of one process: its edge, and what its `GatewayService` needs.
 #[derive(Debug)]
 pub(crate) struct Gateway {
     edge: Edge,

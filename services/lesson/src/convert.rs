@@ -44,6 +44,14 @@ impl Fields {
         }
     }
 
+    /// Like [`Fields::uuid`], telling a malformed value apart from a well-formed one (the nil
+    /// UUID is a well-formed id, so it cannot mean "malformed").
+    pub fn checked_uuid(&mut self, field: &str, value: &str) -> Option<Uuid> {
+        let before = self.violations.len();
+        let id = self.uuid(field, value);
+        (self.violations.len() == before).then_some(id)
+    }
+
     /// A required UUID.
     pub fn uuid(&mut self, field: &str, value: &str) -> Uuid {
         if value.is_empty() {

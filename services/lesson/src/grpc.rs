@@ -109,21 +109,21 @@ fn view_owner(
     };
     match whose {
         Whose::Tutor(id) => {
-            let tutor = fields.uuid(&format!("{field}.tutor_id"), id);
-            if !tutor.is_nil() && !actor.manages(id) {
+            let tutor = fields.checked_uuid(&format!("{field}.tutor_id"), id);
+            if tutor.is_some() && !actor.manages(id) {
                 return Err(not_found("tutor", id));
             }
-            Ok(Some(Owner::Tutor(tutor)))
+            Ok(Some(Owner::Tutor(tutor.unwrap_or_default())))
         }
         Whose::Student(id) => {
-            let student = fields.uuid(&format!("{field}.student_id"), id);
+            let student = fields.checked_uuid(&format!("{field}.student_id"), id);
             // A tutor may name any student: the view keeps only the lessons they teach.
             let may_look =
                 actor.is_tutor() || actor.is_platform_admin() || actor.is_student_side(id);
-            if !student.is_nil() && !may_look {
+            if student.is_some() && !may_look {
                 return Err(not_found("student", id));
             }
-            Ok(Some(Owner::Student(student)))
+            Ok(Some(Owner::Student(student.unwrap_or_default())))
         }
         Whose::Parent(id) => parents_child(id),
         Whose::Caller => {
@@ -181,16 +181,16 @@ fn scheduling_tutor(fields: &mut Fields, actor: &Actor, tutor_id: &str) -> Resul
     } else {
         tutor_id
     };
-    let tutor = fields.uuid("tutor_id", tutor_id);
     // A malformed id is reported with the other fields; a well-formed one of another tutor is
-    // not found.
-    if !tutor.is_nil() && !actor.manages(tutor_id) {
+    // not found (the nil UUID included: it is nobody's tenancy).
+    let tutor = fields.checked_uuid("tutor_id", tutor_id);
+    if tutor.is_some() && !actor.manages(tutor_id) {
         return Err(AppError::NotFound {
             kind: "tutor",
             id: tutor_id.to_owned(),
         });
     }
-    Ok(tutor)
+    Ok(tutor.unwrap_or_default())
 }
 
 /// Occurrences left out for a conflict; the conflicting lesson is named only to its own tutor.

@@ -7,7 +7,11 @@
 //!   the `cache_for` it answers (bounded), and every [`RETRY`] until the first answer.
 //!
 //! A rotation publishes the new key `cache_for` before it signs (RotateSigningKey's
-//! activation delay), so every verifier holds it before the first token it signs arrives.
+//! activation delay), so every verifier holds it before the first token it signs arrives. A
+//! rotation with `revoke_previous` activates the new key at once: a token naming a key id the
+//! set lacks wakes the follower early, at most once per [`EARLY_FETCH_SPACING`] (forged key ids
+//! cannot make it hammer the user service), so such a process catches up within seconds; a
+//! revoked key keeps verifying until the next fetch (at most `cache_for`) in other processes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +22,15 @@ use repit_platform::Config;
 use repit_platform::auth::{KeySet, Verifier, VerifyingKey};
 use repit_proto::repit::user::v1 as user_pb;
 use repit_user::keys::KeyRing;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How often a local key ring is re-read.
 pub const LOCAL_RELOAD: Duration = Duration::from_secs(30);
 /// How soon a failed fetch is retried.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// The least time between two fetches or re-reads caused by unknown key ids.
+pub const EARLY_FETCH_SPACING: Duration = Duration::from_secs(5);
 /// Bounds on how long a fetched key set is kept before asking again.
 const MIN_REFRESH: Duration = Duration::from_secs(5);
 const MAX_REFRESH: Duration = Duration::from_secs(3600);
@@ -41,9 +48,11 @@ pub async fn verifier(
             .await
             .context("failed to read the verifying keys")?;
         let verifier = Arc::new(Verifier::new(issuer, audience, keys));
+        let early = nudges(&verifier);
         tokio::spawn(follow_ring(
             ring.clone(),
             verifier.clone(),
+            early,
             shutdown.clone(),
         ));
         return Ok(verifier);
@@ -61,9 +70,11 @@ pub async fn verifier(
     // request; if the user service is not up yet, the follower keeps trying.
     let mut known = None;
     let wait = refresh(&url, &verifier, &mut known).await;
+    let early = nudges(&verifier);
     tokio::spawn(follow_remote(
         url,
         verifier.clone(),
+        early,
         known,
         wait,
         shutdown.clone(),
@@ -71,13 +82,47 @@ pub async fn verifier(
     Ok(verifier)
 }
 
-async fn follow_ring(ring: KeyRing, verifier: Arc<Verifier>, shutdown: CancellationToken) {
+/// A signal the verifier raises when a token names a key id it lacks.
+fn nudges(verifier: &Verifier) -> Arc<Notify> {
+    let nudge = Arc::new(Notify::new());
+    let raise = Arc::clone(&nudge);
+    verifier.on_unknown_key(move || raise.notify_one());
+    nudge
+}
+
+/// Waits `wait`, or less when nudged — but never less than [`EARLY_FETCH_SPACING`] after the
+/// last fetch (a nudge during that time is kept and acted on when it is over). `false` on
+/// shutdown.
+async fn next_turn(
+    wait: Duration,
+    last: tokio::time::Instant,
+    nudge: &Notify,
+    shutdown: &CancellationToken,
+) -> bool {
+    let nudged = async {
+        tokio::time::sleep_until(last + EARLY_FETCH_SPACING).await;
+        nudge.notified().await;
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+        () = nudged => true,
+    }
+}
+
+async fn follow_ring(
+    ring: KeyRing,
+    verifier: Arc<Verifier>,
+    nudge: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut revision = ring.revision();
+    let mut last = tokio::time::Instant::now();
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(LOCAL_RELOAD) => {}
+        if !next_turn(LOCAL_RELOAD, last, &nudge, &shutdown).await {
+            return;
         }
+        last = tokio::time::Instant::now();
         if let Err(error) = ring.reload().await {
             tracing::warn!(%error, "failed to re-read the signing-key ring");
             continue;
@@ -103,15 +148,14 @@ async fn follow_ring(ring: KeyRing, verifier: Arc<Verifier>, shutdown: Cancellat
 async fn follow_remote(
     url: String,
     verifier: Arc<Verifier>,
+    nudge: Arc<Notify>,
     mut known: Option<Vec<user_pb::PublicKey>>,
     mut wait: Duration,
     shutdown: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
+    let mut last = tokio::time::Instant::now();
+    while next_turn(wait, last, &nudge, &shutdown).await {
+        last = tokio::time::Instant::now();
         wait = refresh(&url, &verifier, &mut known).await;
     }
 }

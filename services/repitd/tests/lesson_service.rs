@@ -620,3 +620,26 @@ async fn a_view_without_scope_or_zone_shows_the_callers_own_schedule_in_their_pr
     let (exit, _) = server.terminate().await;
     assert!(exit.success());
 }
+
+#[tokio::test]
+async fn the_nil_uuid_is_nobodys_tenancy() {
+    let (server, mut lessons, _tutor) = serve().await;
+    let refused = lessons
+        .schedule_lesson(pb::ScheduleLessonRequest {
+            tutor_id: Uuid::nil().to_string(),
+            student_id: Uuid::now_v7().to_string(),
+            start_time: Some(Timestamp {
+                seconds: (Utc::now() + TimeDelta::days(3)).timestamp(),
+                nanos: 0,
+            }),
+            duration: minutes(60),
+            time_zone: "Europe/Moscow".into(),
+            subject: "History".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another tenancy");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let (exit, _) = server.terminate().await;
+    assert!(exit.success());
+}

@@ -82,6 +82,9 @@ pub struct Verifier {
     /// apart from `keys` so that a cache hit reads one atomic instead of taking the lock.
     generation: AtomicU64,
     cache: Cache,
+    /// Told when a token names a key id the set lacks: a key source that fetches the set from
+    /// elsewhere uses it to fetch early after a rotation (and rate-limits it itself).
+    on_unknown_key: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl fmt::Debug for Verifier {
@@ -105,7 +108,14 @@ impl Verifier {
             keys: RwLock::new(Arc::new(keys)),
             generation: AtomicU64::new(0),
             cache: Cache::new(DEFAULT_CACHE_CAPACITY),
+            on_unknown_key: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Calls `notify` whenever a token names a key id the set in force lacks (set once; later
+    /// calls are ignored). It runs on the request's task: it must only signal, never block.
+    pub fn on_unknown_key(&self, notify: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_unknown_key.set(Box::new(notify));
     }
 
     /// The same verifier remembering about `capacity` tokens; 0 turns the cache off.
@@ -191,11 +201,12 @@ impl Verifier {
             let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
             (Arc::clone(&keys), self.generation.load(Ordering::Acquire))
         };
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| keys.get(kid))
-            .ok_or(TokenError::UnknownKey)?;
+        let Some(key) = header.kid.as_deref().and_then(|kid| keys.get(kid)) else {
+            if let Some(notify) = self.on_unknown_key.get() {
+                notify();
+            }
+            return Err(TokenError::UnknownKey);
+        };
         let signature: [u8; 64] = jws::decode(parts.signature)
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or(TokenError::Signature)?;

@@ -81,7 +81,7 @@ TARGETS = set(SERVICES) | set(WORKERS)
 # Targets that open the event store / the read-model database (services/repitd/src/server.rs,
 # Services::open); `all` opens both.
 USES_EVENT_STORE = {"user", "lesson", "relay", "projections"}
-USES_READ_MODELS = {"lesson", "projections"}
+USES_READ_MODELS = {"user", "lesson", "projections"}
 # Only one process of a layout may run these (deploy/README.md).
 SINGLETONS = {"relay", "projections"}
 

@@ -93,3 +93,19 @@ pub fn require(backend: Backend) -> Option<String> {
         }
     }
 }
+
+/// A fresh PostgreSQL database on the server of `base` (a database URL), for one test's event
+/// store and read models; its URL.
+pub async fn fresh_postgres_database(base: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("repit_e2e_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let (prefix, _) = base.rsplit_once('/').expect("database url");
+    format!("{prefix}/{name}")
+}

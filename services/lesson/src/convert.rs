@@ -181,10 +181,7 @@ impl Fields {
 
     /// A page size (0: default).
     pub fn page_size(page: Option<&common::PageRequest>) -> i64 {
-        match page.map_or(0, |p| p.page_size) {
-            n if n <= 0 => crate::queries::DEFAULT_PAGE_SIZE,
-            n => i64::from(n).min(crate::queries::MAX_PAGE_SIZE),
-        }
+        repit_platform::paging::page_size(page.map_or(0, |p| p.page_size))
     }
 
     /// A recurrence rule, parsed and checked; also returned normalised as stored in events.

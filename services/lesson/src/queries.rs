@@ -3,6 +3,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use prost::Message;
+use repit_platform::paging;
 use repit_projections::ReadModelDb;
 use repit_proto::repit::common::v1::TimeOfDay;
 use repit_proto::repit::lesson::v1 as pb;
@@ -18,9 +19,7 @@ use crate::domain::local_time::{day_bounds, to_local};
 use crate::error::AppError;
 use crate::projections::{LESSONS_TABLE, SERIES_TABLE};
 
-/// Default and maximum page sizes (AIP-158, as `repit.common.v1.PageRequest` states).
-pub const DEFAULT_PAGE_SIZE: i64 = 50;
-pub const MAX_PAGE_SIZE: i64 = 500;
+pub use paging::MAX_PAGE_SIZE;
 
 /// Whose lessons a query is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,16 +68,13 @@ fn decode_series(row: &AnyRow) -> Result<pb::Series, AppError> {
 
 /// An opaque page token: where the last page ended.
 pub fn page_token(start_us: i64, id: &str) -> String {
-    format!("{start_us}.{id}")
+    paging::int_page_token(start_us, id)
 }
 
 /// Parses a page token, or says it is malformed.
 pub fn parse_page_token(token: &str) -> Result<(i64, String), AppError> {
-    let invalid = || AppError::field("page.page_token", "malformed page token");
-    let (start, id) = token.split_once('.').ok_or_else(invalid)?;
-    let start = start.parse().map_err(|_| invalid())?;
-    Uuid::parse_str(id).map_err(|_| invalid())?;
-    Ok((start, id.to_owned()))
+    paging::parse_int_page_token(token)
+        .ok_or_else(|| AppError::field("page.page_token", "malformed page token"))
 }
 
 /// The `resource` column of the row whose `id_column` is `id`, or NOT_FOUND naming `kind`.

@@ -9,12 +9,14 @@
 //! - [`time`]: protobuf time types ↔ chrono, saturating where `evolve` must not fail.
 //! - [`request_context`]: the correlation id, traceparent and actor of the current request,
 //!   made ambient by a tower layer so every event appended carries them.
+//! - [`paging`]: page sizes and keyset page tokens of the List RPCs.
 //! - [`auth`]: access tokens: Ed25519 signing keys, issuing, verifying with a cache, and the
 //!   tower layer that answers UNAUTHENTICATED and hands handlers the [`auth::Caller`].
 
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod paging;
 pub mod request_context;
 pub mod shutdown;
 pub mod status;

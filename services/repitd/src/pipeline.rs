@@ -25,13 +25,21 @@ pub fn projections(lesson: &LessonApplication) -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(repit_lesson::LessonsProjection),
         Arc::new(repit_lesson::SlotReleaseReactor::new(lesson.clone())),
+        Arc::new(repit_user::DirectoryProjection),
     ]
 }
 
-/// The read models a lesson service queries, for creating their tables before the first query
+/// The read models the given services query, for creating their tables before the first query
 /// when the projections run in another process.
-pub fn lesson_read_models() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(repit_lesson::LessonsProjection)]
+pub fn queried_read_models(lesson: bool, user: bool) -> Vec<Arc<dyn Projection>> {
+    let mut read_models: Vec<Arc<dyn Projection>> = Vec::new();
+    if lesson {
+        read_models.push(Arc::new(repit_lesson::LessonsProjection));
+    }
+    if user {
+        read_models.push(Arc::new(repit_user::DirectoryProjection));
+    }
+    read_models
 }
 
 /// Where projections read from: JetStream when configured, else the store itself.

@@ -192,7 +192,7 @@ impl Services {
         } else {
             None
         };
-        let read_models = if lesson_target || projections {
+        let read_models = if lesson_target || user_target || projections {
             Some(backends::read_models(config).await?)
         } else {
             None
@@ -203,21 +203,24 @@ impl Services {
             ),
             _ => None,
         };
-        if let (true, Some(db), Some(store)) = (lesson_target, &read_models, &store) {
-            // The tables the lesson service queries exist before its first query, even when
-            // the projections run in another process that has not started yet.
+        if let (true, Some(db), Some(store)) = (lesson_target || user_target, &read_models, &store)
+        {
+            // The tables the services query exist before their first query, even when the
+            // projections run in another process that has not started yet.
             pipeline::runtime(
                 config,
                 db.clone(),
                 FeedSource::Store(store.clone()),
-                pipeline::lesson_read_models(),
+                pipeline::queried_read_models(lesson_target, user_target),
             )
             .prepare()
             .await
-            .context("failed to create the lesson read models")?;
+            .context("failed to create the read models the services query")?;
         }
-        let user = match (&store, user_target) {
-            (Some(store), true) => Some(open_user(config, store.clone()).await?),
+        let user = match (&store, &read_models, user_target) {
+            (Some(store), Some(db), true) => {
+                Some(open_user(config, store.clone(), db.clone()).await?)
+            }
             _ => None,
         };
         Ok(Self {
@@ -303,7 +306,11 @@ impl Services {
 
 /// The user service: its key-encryption key (a file, created on first start), the signing-key
 /// ring in the event store (bootstrapped on first start), and the application.
-async fn open_user(config: &Config, store: Arc<dyn EventStore>) -> anyhow::Result<UserApplication> {
+async fn open_user(
+    config: &Config,
+    store: Arc<dyn EventStore>,
+    read_models: ReadModelDb,
+) -> anyhow::Result<UserApplication> {
     let path = config.auth.key_encryption_key_file(&config.storage);
     let kek = KeyEncryptionKey::load_or_create(&path)
         .with_context(|| format!("failed to load the key-encryption key {}", path.display()))?;
@@ -336,7 +343,8 @@ async fn open_user(config: &Config, store: Arc<dyn EventStore>) -> anyhow::Resul
             .collect(),
         ..UserSettings::default()
     };
-    UserApplication::new(store, keys, settings).context("failed to start the user service")
+    UserApplication::new(store, read_models, keys, settings)
+        .context("failed to start the user service")
 }
 
 /// Mounts the user service behind the auth layer (its public RPCs stay open) and the request

@@ -364,20 +364,6 @@ async fn the_scenario_runs_embedded_on_sqlite_without_nats() {
     assert!(exit.success());
 }
 
-/// A fresh PostgreSQL database for one test, so its event store and read models are its own.
-async fn fresh_database(base: &str) -> String {
-    let name = format!("repit_e2e_{}", Uuid::now_v7().simple());
-    let mut conn = sqlx::PgConnection::connect(base)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create a test database");
-    let (prefix, _) = base.rsplit_once('/').expect("database url");
-    format!("{prefix}/{name}")
-}
-
 struct Distributed {
     env: Vec<(String, String)>,
     /// The user service, alone: the lesson process fetches its verifying keys from it.
@@ -392,7 +378,7 @@ impl Distributed {
     async fn start() -> Option<Self> {
         let postgres = require(Backend::Postgres)?;
         let nats = require(Backend::Nats)?;
-        let database = fresh_database(&postgres).await;
+        let database = repit_tests::backends::fresh_postgres_database(&postgres).await;
         let unique = Uuid::now_v7().simple().to_string();
         let env: Vec<(String, String)> = vec![
             ("REPIT_STORAGE__EVENT_STORE_URL".into(), database.clone()),

@@ -11,12 +11,16 @@
 //! - `schools`: CreateSchool, GetSchool, UpdateSchool.
 //! - `accounts`: CreateUser, GetUser, roles, parent links, password, email, sessions,
 //!   deactivation, key rotation, and the visibility rules they share.
+//! - `directory`: ListUsers, ListSessions and ListInvites — who may list which scope; the rows
+//!   come from the `user.directory` read model (`crate::queries`).
 
 mod accounts;
+mod directory;
 mod invites;
 mod schools;
 
 pub use accounts::Visibility;
+pub use directory::{InviteListing, UserListing};
 pub use invites::{NewInvite, Redeemed, Redeemer};
 
 use std::sync::Arc;
@@ -27,6 +31,7 @@ use repit_event_store::aggregate::ExecuteOptions;
 use repit_event_store::{EventStore, Repository, RepositoryError, StreamName};
 use repit_platform::auth::claims::Role;
 use repit_platform::auth::{Caller, RoleClaim, Subject, TokenIssuer, Verifier};
+use repit_projections::ReadModelDb;
 use repit_proto::repit::common::v1::Language;
 use repit_proto::repit::user::v1 as pb;
 use sha2::{Digest, Sha256};
@@ -260,6 +265,8 @@ pub struct UserApplication {
     invites: Arc<Repository<InviteAggregate, InviteCodec>>,
     codes: Arc<Repository<InviteCodeAggregate, InviteCodeCodec>>,
     schools: Arc<Repository<SchoolAggregate, SchoolCodec>>,
+    /// The `user.directory` read model the lists are answered from.
+    read_models: ReadModelDb,
     keys: KeyRing,
     /// The verifier of this process, given new keys as soon as a rotation here changes them.
     verifier: Option<Arc<Verifier>>,
@@ -397,9 +404,11 @@ fn role_claims(user: &pb::User) -> Vec<RoleClaim> {
 }
 
 impl UserApplication {
-    /// The application over the event store, with the key ring that signs tokens.
+    /// The application over the event store and the read models, with the key ring that signs
+    /// tokens.
     pub fn new(
         store: Arc<dyn EventStore>,
+        read_models: ReadModelDb,
         keys: KeyRing,
         settings: UserSettings,
     ) -> Result<Self, AppError> {
@@ -426,6 +435,7 @@ impl UserApplication {
             invites: Arc::new(Repository::new(store.clone(), InviteCodec)),
             codes: Arc::new(Repository::new(store.clone(), InviteCodeCodec)),
             schools: Arc::new(Repository::new(store, SchoolCodec)),
+            read_models,
             keys,
             verifier: None,
             issuer,

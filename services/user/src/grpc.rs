@@ -4,24 +4,24 @@
 //! into the request. The public RPCs (see [`PUBLIC_METHODS`]) are rate limited per client address
 //! and per account identifier (email, Telegram id) before any work, counting every attempt alike,
 //! so the limit reveals nothing about accounts.
-//!
-//! Not built yet, answering UNIMPLEMENTED naming themselves: ListSessions, ListInvites and
-//! ListUsers (they need read models).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pb::user_service_server::UserService;
 use repit_platform::auth::{Caller, caller};
-use repit_platform::status::{ERROR_DOMAIN, not_implemented};
-use repit_proto::repit::common::v1::Language;
+use repit_platform::paging;
+use repit_platform::status::ERROR_DOMAIN;
+use repit_proto::repit::common::v1::{Language, PageRequest, PageResponse};
 use repit_proto::repit::user::v1 as pb;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt};
 
 use crate::application::{
-    AppError, NewInvite, Redeemer, SignUpCredentials, Tokens, UserApplication,
+    AppError, InviteListing, NewInvite, Redeemer, SignUpCredentials, Tokens, UserApplication,
+    UserListing,
 };
+use crate::queries::UserFilter;
 use crate::rate_limit::RateLimiter;
 
 /// How long verifiers may cache GetPublicKeys (and so how long a new key is published before it
@@ -264,6 +264,34 @@ impl Fields {
         if value.parse::<chrono_tz::Tz>().is_err() {
             self.bad(field, "must be an IANA time zone such as Europe/Moscow");
         }
+    }
+
+    /// An optional id field in its canonical (lowercase, hyphenated) form, as ids are stored.
+    fn canonical_id(&mut self, field: &str, value: &str) -> Option<String> {
+        if value.is_empty() {
+            return None;
+        }
+        match uuid::Uuid::parse_str(value) {
+            Ok(id) => Some(id.hyphenated().to_string()),
+            Err(_) => {
+                self.bad(field, "must be a UUID");
+                None
+            }
+        }
+    }
+
+    /// The page size and where the page starts, for lists ordered by a time and an id.
+    fn page(&mut self, page: Option<&PageRequest>) -> (i64, Option<(i64, String)>) {
+        let size = paging::page_size(page.map_or(0, |p| p.page_size));
+        let token = page.map_or("", |p| p.page_token.as_str());
+        if token.is_empty() {
+            return (size, None);
+        }
+        let after = paging::parse_int_page_token(token);
+        if after.is_none() {
+            self.bad("page.page_token", "not a token this list gave");
+        }
+        (size, after)
     }
 
     fn finish(self) -> Result<(), AppError> {
@@ -560,9 +588,22 @@ impl UserService for UserGrpc {
 
     async fn list_sessions(
         &self,
-        _request: Request<pb::ListSessionsRequest>,
+        request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        Err(not_implemented("repit.user.v1.UserService/ListSessions"))
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let mut f = Fields::default();
+        let (page_size, after) = f.page(r.page.as_ref());
+        f.finish().map_err(status)?;
+        let (sessions, next_page_token) = self
+            .app
+            .list_sessions(&caller, page_size, after)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions,
+            page: Some(PageResponse { next_page_token }),
+        }))
     }
 
     async fn revoke_session(
@@ -759,9 +800,29 @@ impl UserService for UserGrpc {
 
     async fn list_invites(
         &self,
-        _request: Request<pb::ListInvitesRequest>,
+        request: Request<pb::ListInvitesRequest>,
     ) -> Result<Response<pb::ListInvitesResponse>, Status> {
-        Err(not_implemented("repit.user.v1.UserService/ListInvites"))
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let mut f = Fields::default();
+        let (page_size, after) = f.page(r.page.as_ref());
+        let listing = InviteListing {
+            tutor_id: f.canonical_id("tutor_id", &r.tutor_id),
+            school_id: f.canonical_id("school_id", &r.school_id),
+            include_inactive: r.include_inactive,
+            page_size,
+            after,
+        };
+        f.finish().map_err(status)?;
+        let (invites, next_page_token) = self
+            .app
+            .list_invites(&caller, &listing)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListInvitesResponse {
+            invites,
+            page: Some(PageResponse { next_page_token }),
+        }))
     }
 
     async fn revoke_invite(
@@ -1014,9 +1075,52 @@ impl UserService for UserGrpc {
 
     async fn list_users(
         &self,
-        _request: Request<pb::ListUsersRequest>,
+        request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        Err(not_implemented("repit.user.v1.UserService/ListUsers"))
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let mut f = Fields::default();
+        let page_size = paging::page_size(r.page.as_ref().map_or(0, |p| p.page_size));
+        let token = r.page.as_ref().map_or("", |p| p.page_token.as_str());
+        let after = if token.is_empty() {
+            None
+        } else {
+            let parsed = paging::parse_page_token(token);
+            if parsed.is_none() {
+                f.bad("page.page_token", "not a token this list gave");
+            }
+            parsed
+        };
+        let role = match pb::Role::try_from(r.role) {
+            Ok(pb::Role::Unspecified) => None,
+            Ok(role) => Some(role),
+            Err(_) => {
+                f.bad("role", "not a Role");
+                None
+            }
+        };
+        f.text("query", &r.query, 0, 100);
+        let listing = UserListing {
+            tutor_id: f.canonical_id("tutor_id", &r.tutor_id),
+            school_id: f.canonical_id("school_id", &r.school_id),
+            filter: UserFilter {
+                role,
+                query: r.query.trim().to_lowercase(),
+                include_deactivated: r.include_deactivated,
+                page_size,
+                after,
+            },
+        };
+        f.finish().map_err(status)?;
+        let (users, next_page_token) = self
+            .app
+            .list_users(&caller, &listing)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users,
+            page: Some(PageResponse { next_page_token }),
+        }))
     }
 
     async fn update_profile(

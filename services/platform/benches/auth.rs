@@ -7,6 +7,9 @@
 //!
 //! The gRPC echo is tonic-health's `Check`, mounted as `repit.bench.v1.Echo` so that it is not one
 //! of the always-public health methods: the same handler, once behind the layer and once not.
+//! The servers run on a thread of their own and the clients on another, and each round reads the
+//! server thread's CPU clock: a server's throughput is bounded by its CPU per call, which this
+//! measures without the client's share of the two cores mixed in.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -192,72 +195,53 @@ where
     }
 }
 
-/// One server of the comparison: what the server checks and which tokens the clients send.
+/// One server of the comparison: what the server checks and whether the clients send tokens.
+/// Each in-flight call slot has a token of its own (a gateway multiplexing many users); how many
+/// share a connection does not matter, because h2 never adds an `authorization` value to the
+/// HPACK table (a compression oracle would leak it), so every call carries the whole token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Bare,
     /// The bare server, with clients sending their tokens anyway: separates what carrying a token
     /// in HTTP/2 headers costs from what checking it costs.
-    BareWithToken(Spread),
-    Auth(Spread),
+    BareWithToken,
+    Auth,
     AuthNoCache,
 }
 
-/// How many distinct tokens share one HTTP/2 connection. It matters because HPACK can replace a
-/// header value it has seen by a table index, but its table holds 4 KiB: a few ~700-byte tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Spread {
-    /// A token per in-flight call (8 per connection here): a gateway multiplexing many users.
-    PerCall,
-    /// One token per connection: one client acting for one user.
-    PerConnection,
-}
-
 impl Mode {
-    const ALL: [Mode; 6] = [
+    const ALL: [Mode; 4] = [
         Mode::Bare,
-        Mode::BareWithToken(Spread::PerCall),
-        Mode::Auth(Spread::PerCall),
-        Mode::BareWithToken(Spread::PerConnection),
-        Mode::Auth(Spread::PerConnection),
+        Mode::BareWithToken,
+        Mode::Auth,
         Mode::AuthNoCache,
     ];
 
     fn label(self) -> &'static str {
         match self {
             Mode::Bare => "without auth, no token",
-            Mode::BareWithToken(Spread::PerCall) => {
-                "without auth, tokens sent anyway (8 per connection)"
-            }
-            Mode::Auth(Spread::PerCall) => "**with AuthLayer** (8 tokens per connection)",
-            Mode::BareWithToken(Spread::PerConnection) => {
-                "without auth, tokens sent anyway (1 per connection)"
-            }
-            Mode::Auth(Spread::PerConnection) => "**with AuthLayer** (1 token per connection)",
-            Mode::AuthNoCache => "with AuthLayer, cache off (8 tokens per connection)",
+            Mode::BareWithToken => "without auth, tokens sent anyway",
+            Mode::Auth => "**with AuthLayer**",
+            Mode::AuthNoCache => "with AuthLayer, cache off",
         }
     }
 
     fn layer(self, setup: &Setup) -> Option<AuthLayer> {
         match self {
-            Mode::Bare | Mode::BareWithToken(_) => None,
-            Mode::Auth(_) => Some(AuthLayer::new(Arc::new(setup.verifier(true)))),
+            Mode::Bare | Mode::BareWithToken => None,
+            Mode::Auth => Some(AuthLayer::new(Arc::new(setup.verifier(true)))),
             Mode::AuthNoCache => Some(AuthLayer::new(Arc::new(setup.verifier(false)))),
         }
     }
 
-    /// The token of in-flight slot `slot`, which uses connection `slot % connections`.
-    fn token(self, setup: &Setup, slot: usize, connections: usize) -> Option<Arc<str>> {
-        let index = match self {
-            Mode::Bare => return None,
-            Mode::BareWithToken(Spread::PerConnection) | Mode::Auth(Spread::PerConnection) => {
-                slot % connections
+    /// The token of in-flight slot `slot`.
+    fn token(self, setup: &Setup, slot: usize) -> Option<Arc<str>> {
+        match self {
+            Mode::Bare => None,
+            Mode::BareWithToken | Mode::Auth | Mode::AuthNoCache => {
+                Some(Arc::from(setup.token(slot)))
             }
-            Mode::BareWithToken(Spread::PerCall)
-            | Mode::Auth(Spread::PerCall)
-            | Mode::AuthNoCache => slot,
-        };
-        Some(Arc::from(setup.token(index)))
+        }
     }
 }
 
@@ -326,6 +310,9 @@ struct Run {
     /// Calls per second of each round, to take the median of: one disturbed round (other work on
     /// the shared machine) then moves the figure little.
     round_rates: Vec<f64>,
+    /// The server thread's CPU time per call in each round (ns): what a call costs the server,
+    /// whatever the client on the other core does.
+    round_server_ns: Vec<f64>,
     latencies_ns: Vec<u64>,
 }
 
@@ -333,6 +320,7 @@ impl Run {
     fn absorb(&mut self, other: Run) {
         self.round_rates
             .push(other.calls as f64 / other.elapsed.as_secs_f64());
+        self.round_server_ns.extend(other.round_server_ns);
         self.calls += other.calls;
         self.errors += other.errors;
         self.elapsed += other.elapsed;
@@ -344,6 +332,15 @@ impl Run {
         let lowest = self.round_rates.iter().copied().fold(f64::NAN, f64::min);
         let highest = self.round_rates.iter().copied().fold(f64::NAN, f64::max);
         (median(self.round_rates.clone()), lowest, highest)
+    }
+
+    /// Each round's (calls/s, server CPU ns per call).
+    fn clone_rounds(&self) -> Vec<(f64, f64)> {
+        self.round_rates
+            .iter()
+            .copied()
+            .zip(self.round_server_ns.iter().copied())
+            .collect()
     }
 
     fn percentile_us(&mut self, p: f64) -> f64 {
@@ -416,13 +413,61 @@ struct Target {
     tokens: Vec<Option<Arc<str>>>,
 }
 
+/// The servers' runtime: one thread of its own, so its CPU clock is the servers' whole cost.
+struct ServerThread {
+    handle: tokio::runtime::Handle,
+}
+
+impl ServerThread {
+    fn start() -> Self {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("bench-server".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("server runtime");
+                sender.send(runtime.handle().clone()).expect("handle");
+                // Runs the servers until the process exits.
+                runtime.block_on(std::future::pending::<()>());
+            })
+            .expect("server thread");
+        Self {
+            handle: receiver.recv().expect("server runtime handle"),
+        }
+    }
+
+    async fn serve(&self, layer: Option<AuthLayer>) -> SocketAddr {
+        self.handle
+            .spawn(serve(layer))
+            .await
+            .expect("server started")
+    }
+
+    /// CPU time the server thread has used so far, read on that thread.
+    async fn cpu(&self) -> Duration {
+        self.handle
+            .spawn(async {
+                let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+                Duration::new(
+                    u64::try_from(t.tv_sec).unwrap_or(0),
+                    u32::try_from(t.tv_nsec).unwrap_or(0),
+                )
+            })
+            .await
+            .expect("cpu clock")
+    }
+}
+
 async fn grpc(setup: &Setup, sizes: &Sizes) -> Vec<(Mode, Run)> {
+    let server_thread = ServerThread::start();
     let mut servers = Vec::new();
     for mode in Mode::ALL {
-        let address = serve(mode.layer(setup)).await;
+        let address = server_thread.serve(mode.layer(setup)).await;
         let clients = clients(address, sizes.connections).await;
         let tokens = (0..sizes.in_flight)
-            .map(|slot| mode.token(setup, slot, sizes.connections))
+            .map(|slot| mode.token(setup, slot))
             .collect();
         servers.push(Target {
             mode,
@@ -440,16 +485,21 @@ async fn grpc(setup: &Setup, sizes: &Sizes) -> Vec<(Mode, Run)> {
     let n = servers.len();
     for r in 0..sizes.rounds {
         for i in (0..n).map(|i| (i + r) % n) {
-            let run = round(
+            let cpu_before = server_thread.cpu().await;
+            let mut run = round(
                 &servers[i].clients,
                 &servers[i].tokens,
                 sizes.calls_per_round,
             )
             .await;
+            let server_ns = (server_thread.cpu().await - cpu_before).as_nanos() as f64
+                / run.calls.max(1) as f64;
+            run.round_server_ns.push(server_ns);
             eprintln!(
-                "round {r} {}: {:.0} calls/s",
+                "round {r} {}: {:.0} calls/s, server {:.1} µs CPU per call",
                 servers[i].mode.label(),
-                run.calls as f64 / run.elapsed.as_secs_f64()
+                run.calls as f64 / run.elapsed.as_secs_f64(),
+                server_ns / 1000.0
             );
             runs[i].1.absorb(run);
         }
@@ -521,7 +571,7 @@ fn report(
     out.push_str("## Access tokens (auth layer)\n\n");
     out.push_str(&format!(
         "Measured {now} on {}, {}, with `cargo bench -p repit-platform --bench auth` (release \
-         profile; server and client in one process, sharing the machine){}.\n\n",
+         profile; servers and clients in one process, on a thread each){}.\n\n",
         machine(),
         commit(),
         busy_before.map_or(String::new(), |busy| format!(
@@ -550,21 +600,24 @@ fn report(
     out.push_str("### A gRPC call with and without the AuthLayer\n\n");
     out.push_str(&format!(
         "tonic-health's `Check` as the echo RPC on a bare tonic server on 127.0.0.1, called by \
-         tonic clients: {} calls in flight over {} HTTP/2 connections, each in-flight slot reusing \
-         its own token; {} warm-up calls per server, then {} rounds of {} calls per server, the \
-         servers taking turns (each round starting with the next server).\n\n",
+         tonic clients: {} calls in flight over {} HTTP/2 connections, each in-flight slot with a \
+         token of its own; {} warm-up calls per server, then {} rounds of {} calls per server, the \
+         servers taking turns (each round starting with the next server). The servers run on one \
+         thread of their own and the clients on one other, so each has a core; a server's CPU \
+         time per call is read from its thread's CPU clock around each round.\n\n",
         sizes.in_flight, sizes.connections, sizes.warm_up, sizes.rounds, sizes.calls_per_round
     ));
     out.push_str(
-        "| server | calls/s (median round; slowest–fastest) | latency p50 / p99 | ok / errors |\n\
-         |---|---|---|---|\n",
+        "| server | server CPU per call (median round) | calls/s (median round; slowest–fastest) | latency p50 / p99 | ok / errors |\n\
+         |---|---|---|---|---|\n",
     );
     for (mode, run) in runs.iter_mut() {
         let (rate, lowest, highest) = run.per_second();
         let (p50, p99) = (run.percentile_us(0.50), run.percentile_us(0.99));
         out.push_str(&format!(
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.0} µs / {:.0} µs | {} / {} |\n",
+            "| {} | {:.2} µs | {:.0} ({:.0}–{:.0}) | {:.0} µs / {:.0} µs | {} / {} |\n",
             mode.label(),
+            median(run.round_server_ns.clone()) / 1000.0,
             rate,
             lowest,
             highest,
@@ -574,41 +627,51 @@ fn report(
             run.errors
         ));
     }
-    // Paired by round: the level drifts from round to round on a shared machine (up to a third
-    // here), the ratio of servers measured in the same round much less.
-    let rounds = |mode: Mode| {
+    // Paired by round: the level drifts from round to round on a shared machine, the ratio of
+    // servers measured in the same round much less.
+    let of = |mode: Mode| {
         runs.iter()
             .find(|(m, _)| *m == mode)
-            .map(|(_, run)| run.round_rates.clone())
+            .map(|(_, run)| run.clone_rounds())
             .unwrap_or_default()
     };
-    let fewer = |mode: Mode, than: Mode| {
-        let costs: Vec<f64> = rounds(mode)
+    // A server bound by its CPU serves 1 / (CPU per call) calls per second per core, so its
+    // throughput cost is 1 - (base CPU per call) / (this CPU per call).
+    let cpu_cost = |mode: Mode, base: Mode| {
+        let costs: Vec<f64> = of(mode)
             .iter()
-            .zip(rounds(than))
-            .map(|(rate, base)| (1.0 - rate / base) * 100.0)
+            .zip(of(base))
+            .map(|((_, cpu), (_, base_cpu))| (1.0 - base_cpu / cpu) * 100.0)
             .collect();
         median(costs)
     };
-    let per_call = Spread::PerCall;
-    let per_connection = Spread::PerConnection;
+    let rate_cost = |mode: Mode, base: Mode| {
+        let costs: Vec<f64> = of(mode)
+            .iter()
+            .zip(of(base))
+            .map(|((rate, _), (base_rate, _))| (1.0 - rate / base_rate) * 100.0)
+            .collect();
+        median(costs)
+    };
     out.push_str(&format!(
-        "\nThroughput cost (the median over rounds of each round's ratio to the server without \
-         auth and without tokens):\n\n\
-         | tokens | carrying the tokens alone | AuthLayer with its cache | of which checking (vs. the \
-         bare server receiving the same headers) |\n|---|---|---|---|\n\
-         | 8 per connection | {:.1}% | {:.1}% | {:.1}% |\n\
-         | 1 per connection | {:.1}% | {:.1}% | {:.1}% |\n\n\
-         With the cache off (every call verifies the signature): {:.1}%. Target: at most 10% with \
-         the cache. Client and server share the two cores here, so the client's work for the \
-         ~{}-byte header counts too.\n",
-        fewer(Mode::BareWithToken(per_call), Mode::Bare),
-        fewer(Mode::Auth(per_call), Mode::Bare),
-        fewer(Mode::Auth(per_call), Mode::BareWithToken(per_call)),
-        fewer(Mode::BareWithToken(per_connection), Mode::Bare),
-        fewer(Mode::Auth(per_connection), Mode::Bare),
-        fewer(Mode::Auth(per_connection), Mode::BareWithToken(per_connection)),
-        fewer(Mode::AuthNoCache, Mode::Bare),
+        "\nThroughput cost, the median over rounds of each round's ratio (the server's capacity from \
+         its CPU per call, and the calls/s this client reached):\n\n\
+         | what | vs. | server capacity | calls/s measured |\n|---|---|---|---|\n\
+         | carrying the tokens alone | without auth, no token | {:.1}% | {:.1}% |\n\
+         | **AuthLayer with its cache** | without auth, no token | **{:.1}%** | {:.1}% |\n\
+         | of which checking | without auth, tokens sent anyway | {:.1}% | {:.1}% |\n\
+         | AuthLayer, cache off | without auth, no token | {:.1}% | {:.1}% |\n\n\
+         Target: at most 10% with the cache. The ~{}-byte `authorization` header travels whole on \
+         every call (h2 never indexes its value), so HPACK decoding it is part of the cost. The \
+         calls/s column also depends on the client, which here shares the machine.\n",
+        cpu_cost(Mode::BareWithToken, Mode::Bare),
+        rate_cost(Mode::BareWithToken, Mode::Bare),
+        cpu_cost(Mode::Auth, Mode::Bare),
+        rate_cost(Mode::Auth, Mode::Bare),
+        cpu_cost(Mode::Auth, Mode::BareWithToken),
+        rate_cost(Mode::Auth, Mode::BareWithToken),
+        cpu_cost(Mode::AuthNoCache, Mode::Bare),
+        rate_cost(Mode::AuthNoCache, Mode::Bare),
         token_bytes,
     ));
     out
@@ -645,7 +708,9 @@ fn main() {
         "verify: first {:.0} ns, cached {:.0} ns; issue {:.0} ns",
         cost.uncached_ns, cost.cached_ns, cost.issue_ns
     );
+    // The clients' runtime: one worker, so the servers' thread has the other core.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .expect("tokio runtime");

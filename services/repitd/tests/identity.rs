@@ -1207,3 +1207,106 @@ async fn a_tutor_signs_up_through_the_bot_once_per_telegram_id_and_only_with_its
     let (exit, _) = server.terminate().await;
     assert!(exit.success());
 }
+
+#[tokio::test]
+async fn a_tutor_changes_a_pending_accounts_profile_until_its_owner_claims_it() {
+    let (server, mut users) = serve_with(&[]).await;
+    let tutor = sign_up(
+        &mut users,
+        &format!("tutor-{}@example.com", Uuid::now_v7().simple()),
+    )
+    .await
+    .tokens
+    .expect("tokens");
+    let other = sign_up(
+        &mut users,
+        &format!("other-{}@example.com", Uuid::now_v7().simple()),
+    )
+    .await
+    .tokens
+    .expect("tokens");
+    let pending = users
+        .create_user(bearer(
+            pb::CreateUserRequest {
+                request_id: Uuid::now_v7().to_string(),
+                role: pb::Role::Student as i32,
+                display_name: "Петя".into(),
+                ..Default::default()
+            },
+            &tutor.access_token,
+        ))
+        .await
+        .expect("created")
+        .into_inner()
+        .user
+        .expect("user");
+    let rename = |name: &str, expected_revision: Option<u64>| pb::UpdateProfileRequest {
+        user_id: pending.user_id.clone(),
+        display_name: name.into(),
+        time_zone: "Asia/Yekaterinburg".into(),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["display_name".into(), "time_zone".into()],
+        }),
+        expected_revision,
+        ..Default::default()
+    };
+
+    // The tutor fixes the name and zone before the student ever logs in.
+    let changed = users
+        .update_profile(bearer(rename("Пётр Смирнов", None), &tutor.access_token))
+        .await
+        .expect("the tutor changes a PENDING account of their tenancy")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(
+        (changed.display_name.as_str(), changed.time_zone.as_str()),
+        ("Пётр Смирнов", "Asia/Yekaterinburg")
+    );
+    assert_eq!(changed.status(), pb::UserStatus::Pending);
+    // A stale revision is refused; another tutor does not see the account.
+    let stale = users
+        .update_profile(bearer(
+            rename("Петя", Some(pending.revision)),
+            &tutor.access_token,
+        ))
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+    let hidden = users
+        .update_profile(bearer(rename("Петя", None), &other.access_token))
+        .await
+        .expect_err("not theirs");
+    assert_eq!(hidden.code(), Code::NotFound, "{hidden:?}");
+
+    // Once the student claims the account it is theirs alone.
+    let targeted = invite(
+        &mut users,
+        &tutor.access_token,
+        pb::CreateInviteRequest {
+            role: pb::Role::Student as i32,
+            target_user_id: pending.user_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let claimed = redeem(&mut users, &targeted.code, telegram(telegram_id(), "Пётр"))
+        .await
+        .expect("claimed");
+    let student_token = claimed.tokens.expect("tokens").access_token;
+    let refused = users
+        .update_profile(bearer(rename("Петя", None), &tutor.access_token))
+        .await
+        .expect_err("no longer PENDING");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let own = users
+        .update_profile(bearer(rename("Петя", None), &student_token))
+        .await
+        .expect("the owner changes their own profile")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(own.display_name, "Петя");
+    let (exit, _) = server.terminate().await;
+    assert!(exit.success());
+}

@@ -834,17 +834,33 @@ impl UserApplication {
     /// UpdateProfile of the caller's own account (the fields that are `Some`).
     pub async fn update_profile(
         &self,
+        caller: &Caller,
         user_id: &str,
         display_name: Option<String>,
         time_zone: Option<String>,
         language: Option<Language>,
         expected_revision: Option<u64>,
     ) -> Result<pb::User, AppError> {
+        // Another account: only a PENDING one of a tenancy the caller manages, and only as it was
+        // when checked (it may be claimed meanwhile, and then belongs to its owner).
+        let expected_revision = if user_id == caller.user_id {
+            expected_revision
+        } else {
+            let checked = self.check_edits_pending_account(caller, user_id).await?;
+            match expected_revision {
+                Some(expected) if expected != checked => {
+                    return Err(AppError::Aborted(format!(
+                        "the user is at revision {checked}, not {expected}"
+                    )));
+                }
+                _ => Some(checked),
+            }
+        };
         let command = UserCommand::ChangeProfile {
             display_name,
             time_zone,
             language,
-            actor: user_id.to_owned(),
+            actor: caller.user_id.clone(),
             now: Utc::now(),
         };
         let options = ExecuteOptions {

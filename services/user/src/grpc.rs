@@ -1127,17 +1127,12 @@ impl UserService for UserGrpc {
         &self,
         request: Request<pb::UpdateProfileRequest>,
     ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
-        let caller_id = caller(&request)?.user_id.clone();
+        let caller = caller_of(&request)?;
         let r = request.into_inner();
-        if !r.user_id.is_empty() && r.user_id != caller_id {
-            // Changing a PENDING account of one's tenancy comes with CreateUser.
-            return Err(Status::with_error_details(
-                Code::Unimplemented,
-                "changing another user's profile is not implemented yet",
-                info("NOT_IMPLEMENTED"),
-            ));
-        }
         let mut f = Fields::default();
+        let user_id = f
+            .canonical_id("user_id", &r.user_id)
+            .unwrap_or_else(|| caller.user_id.clone());
         let language = r.language();
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         if paths.is_empty() {
@@ -1165,7 +1160,8 @@ impl UserService for UserGrpc {
         let user = self
             .app
             .update_profile(
-                &caller_id,
+                &caller,
+                &user_id,
                 has("display_name").then_some(r.display_name),
                 has("time_zone").then_some(r.time_zone),
                 has("language").then_some(language),

@@ -138,6 +138,39 @@ impl UserApplication {
         }
     }
 
+    /// Ok, with the account's revision, when `caller` may change the profile of `user_id`, another
+    /// account: it must be PENDING and in a tenancy the caller manages. NOT_FOUND when the caller
+    /// cannot see it, PERMISSION_DENIED when they see it but may not change it.
+    pub(super) async fn check_edits_pending_account(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+    ) -> Result<u64, AppError> {
+        let target = self.load_user(user_id).await?;
+        let user = target.user.as_ref().ok_or(AppError::NotFound)?;
+        if self.visibility(caller, user).await == Visibility::Hidden {
+            return Err(AppError::NotFound);
+        }
+        let mut manages = false;
+        for tutor in tutors_of(user) {
+            if self.check_manages_tenancy(caller, tutor).await.is_ok() {
+                manages = true;
+                break;
+            }
+        }
+        if !manages && !caller.is_platform_admin() {
+            return Err(AppError::denied(
+                "only the account itself, and its tutor while it is PENDING, change a profile",
+            ));
+        }
+        if user.status() != pb::UserStatus::Pending {
+            return Err(AppError::denied(
+                "the account is no longer PENDING: only its owner changes its profile",
+            ));
+        }
+        Ok(user.revision)
+    }
+
     /// GetUser: NOT_FOUND unless visible; contact fields as the caller is entitled.
     pub async fn get_user(&self, caller: &Caller, user_id: &str) -> Result<pb::User, AppError> {
         let account = self.load_user(user_id).await?;

@@ -1,17 +1,16 @@
 //! Who may see and do what with lessons and series (lesson.proto, "Who may do what"), decided
-//! from the caller's access token alone.
+//! from the caller's access token and, for school admins, the tutors of their schools.
 //!
 //! - A tutor sees and manages the lessons they teach.
+//! - A school admin sees and manages the lessons of the school's tutors, as those tutors would.
+//!   The token names the admin's schools, not their tutors: the application resolves those from
+//!   the `lesson_school_tutors` read model when it builds the [`Actor`].
 //! - A student sees their own lessons and may cancel them.
 //! - A parent sees their children's lessons and may cancel them (children as of the token).
 //! - A platform admin sees and manages every lesson.
 //!
 //! A lesson outside the caller's sight is NOT_FOUND, never PERMISSION_DENIED, so its existence is
 //! not revealed; PERMISSION_DENIED means the caller sees it but may not do this.
-//!
-//! School admins act on the lessons of their school's tutors in the contract; the token does not
-//! say which tutors teach in a school, so until a school read model exists a school admin sees
-//! no lessons here (their own tutor grant, if any, still applies).
 
 use repit_platform::auth::{Caller, Role};
 
@@ -32,11 +31,27 @@ pub enum Action {
 #[derive(Clone, Debug)]
 pub struct Actor {
     caller: Caller,
+    /// The tutors of the schools the caller administers.
+    school_tutors: Vec<String>,
 }
 
 impl Actor {
     pub fn new(caller: Caller) -> Self {
-        Self { caller }
+        Self {
+            caller,
+            school_tutors: Vec::new(),
+        }
+    }
+
+    /// The same caller, administering the schools these tutors teach in.
+    pub fn with_school_tutors(mut self, tutors: Vec<String>) -> Self {
+        self.school_tutors = tutors;
+        self
+    }
+
+    /// The schools the caller administers (none for a platform admin, who administers all).
+    pub fn administered_schools(&self) -> Vec<&str> {
+        self.caller.administered_schools()
     }
 
     /// The caller's user id (the `actor_user_id` of the events they cause).
@@ -71,9 +86,17 @@ impl Actor {
         }
     }
 
-    /// Whether the caller runs `tutor_id`'s side of lessons: that tutor, or a platform admin.
+    /// Whether the caller runs `tutor_id`'s side of lessons: that tutor, an admin of a school
+    /// the tutor teaches in, or a platform admin.
     pub fn manages(&self, tutor_id: &str) -> bool {
-        self.is_platform_admin() || (self.is_tutor() && self.user_id() == tutor_id)
+        self.is_platform_admin()
+            || (self.is_tutor() && self.user_id() == tutor_id)
+            || self.school_tutors.iter().any(|t| t == tutor_id)
+    }
+
+    /// Whether the caller runs any tutor's side of lessons (schedules, names students).
+    pub fn manages_any(&self) -> bool {
+        self.is_tutor() || self.is_platform_admin() || !self.school_tutors.is_empty()
     }
 
     /// Whether the caller is `student_id` or one of their parents.
@@ -124,11 +147,10 @@ impl Actor {
         if self.is_platform_admin() {
             return Visibility::Everything;
         }
-        let tutors = if self.is_tutor() {
-            vec![self.user_id().to_owned()]
-        } else {
-            vec![]
-        };
+        let mut tutors = self.school_tutors.clone();
+        if self.is_tutor() && !tutors.iter().any(|t| t == self.user_id()) {
+            tutors.push(self.user_id().to_owned());
+        }
         let mut students: Vec<String> = self.children().to_vec();
         if self.is_student() {
             students.push(self.user_id().to_owned());
@@ -213,6 +235,43 @@ mod tests {
             time_zone: None,
             expires_at: DateTime::from_timestamp(1_800_000_000, 0).expect("instant"),
         })
+    }
+
+    #[test]
+    fn a_school_admin_manages_the_schools_tutors_lessons_and_sees_no_others() {
+        let admin = actor(
+            "a1",
+            vec![RoleClaim::new(Role::Admin).with_school("school")],
+            &[],
+        )
+        .with_school_tutors(vec!["t1".into(), "t2".into()]);
+        assert_eq!(admin.administered_schools(), ["school"]);
+        assert!(admin.manages_any());
+        for tutor in ["t1", "t2"] {
+            assert!(
+                admin
+                    .check(Action::Manage, tutor, "s1", "lesson", "l")
+                    .is_ok()
+            );
+        }
+        assert!(matches!(
+            admin.check(Action::Read, "t3", "s1", "lesson", "l"),
+            Err(AppError::NotFound { .. })
+        ));
+        assert_eq!(
+            admin.visibility(),
+            Visibility::Only {
+                tutors: vec!["t1".into(), "t2".into()],
+                students: vec![],
+            }
+        );
+        // Without tutors (a new school), nothing: not even the right to schedule.
+        let empty = actor(
+            "a1",
+            vec![RoleClaim::new(Role::Admin).with_school("school")],
+            &[],
+        );
+        assert!(!empty.manages_any());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use futures::{StreamExt, TryStreamExt};
 use repit_event_store::aggregate::ExecuteOptions;
 use repit_event_store::{EventId, EventStore, Repository};
 use repit_platform::RequestContext;
+use repit_platform::auth::Caller;
 use repit_projections::ReadModelDb;
 use repit_proto::repit::common::v1::{Date, EventMetadata, Money};
 use repit_proto::repit::lesson::v1 as pb;
@@ -207,6 +208,23 @@ impl LessonApplication {
     /// The read-model database (queries).
     pub fn read_models(&self) -> &ReadModelDb {
         &self.read_models
+    }
+
+    /// The caller as the access rules see them: for a school admin, with the tutors of their
+    /// schools (from the `lesson_school_tutors` read model, so a tutor who just joined a school
+    /// is in its admins' reach within moments).
+    pub async fn actor(&self, caller: Caller) -> Result<Actor, AppError> {
+        let schools: Vec<String> = caller
+            .administered_schools()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let actor = Actor::new(caller);
+        if schools.is_empty() {
+            return Ok(actor);
+        }
+        let tutors = crate::queries::tutors_of_schools(&self.read_models, &schools).await?;
+        Ok(actor.with_school_tutors(tutors))
     }
 
     /// Reserves `slots` for the tutor and then the student, all or nothing.

@@ -33,6 +33,12 @@ pub struct LessonGrpc {
 }
 
 impl LessonGrpc {
+    /// The caller, as the auth layer verified it and the access rules see them.
+    async fn actor<T>(&self, request: &Request<T>) -> Result<Actor, Status> {
+        let caller = repit_platform::auth::caller(request)?.clone();
+        self.app.actor(caller).await.map_err(status)
+    }
+
     /// The service; open watches end with UNAVAILABLE when `shutdown` fires.
     pub fn new(app: LessonApplication, shutdown: tokio_util::sync::CancellationToken) -> Self {
         Self {
@@ -62,11 +68,6 @@ fn status(error: AppError) -> Status {
 
 fn method(name: &str) -> Status {
     not_implemented(&format!("repit.lesson.v1.LessonService/{name}"))
-}
-
-/// The caller, as the auth layer verified it.
-fn actor<T>(request: &Request<T>) -> Result<Actor, Status> {
-    repit_platform::auth::caller(request).map(|caller| Actor::new(caller.clone()))
 }
 
 /// Whose schedule or calendar a view shows.
@@ -117,9 +118,9 @@ fn view_owner(
         }
         Whose::Student(id) => {
             let student = fields.checked_uuid(&format!("{field}.student_id"), id);
-            // A tutor may name any student: the view keeps only the lessons they teach.
-            let may_look =
-                actor.is_tutor() || actor.is_platform_admin() || actor.is_student_side(id);
+            // A tutor or admin may name any student: the view keeps only the lessons they may
+            // see.
+            let may_look = actor.manages_any() || actor.is_student_side(id);
             if student.is_some() && !may_look {
                 return Err(not_found("student", id));
             }
@@ -169,8 +170,10 @@ fn schedule_owner(
 /// The tutor a new lesson or series is for: the named one, or the calling tutor. Students and
 /// parents may not schedule (PERMISSION_DENIED); another tutor is NOT_FOUND.
 fn scheduling_tutor(fields: &mut Fields, actor: &Actor, tutor_id: &str) -> Result<Uuid, AppError> {
-    if !actor.is_tutor() && !actor.is_platform_admin() {
-        return Err(AppError::Forbidden("only tutors schedule lessons"));
+    if !actor.manages_any() {
+        return Err(AppError::Forbidden(
+            "only tutors and admins schedule lessons",
+        ));
     }
     let tutor_id = if tutor_id.is_empty() {
         if !actor.is_tutor() {
@@ -248,7 +251,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::ScheduleLessonRequest>,
     ) -> Result<Response<pb::ScheduleLessonResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let tutor_id = scheduling_tutor(&mut f, &actor, &r.tutor_id).map_err(status)?;
@@ -299,7 +302,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::GetLessonRequest>,
     ) -> Result<Response<pb::GetLessonResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &request.get_ref().lesson_id);
         f.finish().map_err(status)?;
@@ -324,7 +327,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::ListLessonsRequest>,
     ) -> Result<Response<pb::ListLessonsResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let range = r.time_range.unwrap_or_default();
@@ -371,7 +374,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::UpdateLessonRequest>,
     ) -> Result<Response<pb::UpdateLessonResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
@@ -406,7 +409,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::RescheduleLessonRequest>,
     ) -> Result<Response<pb::RescheduleLessonResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
@@ -445,7 +448,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::CancelLessonRequest>,
     ) -> Result<Response<pb::CancelLessonResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
@@ -480,7 +483,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::MarkAttendanceRequest>,
     ) -> Result<Response<pb::MarkAttendanceResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
@@ -505,7 +508,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::RecordLessonOutcomeRequest>,
     ) -> Result<Response<pb::RecordLessonOutcomeResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("lesson_id", &r.lesson_id);
@@ -545,7 +548,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::ShiftPlannedTopicsRequest>,
     ) -> Result<Response<pb::ShiftPlannedTopicsResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         f.uuid("request_id", &r.request_id);
@@ -566,7 +569,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::CreateSeriesRequest>,
     ) -> Result<Response<pb::CreateSeriesResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let tutor_id = scheduling_tutor(&mut f, &actor, &r.tutor_id).map_err(status)?;
@@ -620,7 +623,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::GetSeriesRequest>,
     ) -> Result<Response<pb::GetSeriesResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let mut f = Fields::new();
         let id = f.uuid("series_id", &request.get_ref().series_id);
         f.finish().map_err(status)?;
@@ -645,7 +648,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::ListSeriesRequest>,
     ) -> Result<Response<pb::ListSeriesResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let tutor_id = f.optional_uuid("tutor_id", &r.tutor_id);
@@ -697,7 +700,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::UpdateSeriesRequest>,
     ) -> Result<Response<pb::UpdateSeriesResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let series_id = f.uuid("series_id", &r.series_id);
@@ -755,7 +758,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::EndSeriesRequest>,
     ) -> Result<Response<pb::EndSeriesResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let id = f.uuid("series_id", &r.series_id);
@@ -778,7 +781,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::GetDayScheduleRequest>,
     ) -> Result<Response<pb::GetDayScheduleResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let owner = schedule_owner(&mut f, &actor, r.scope.as_ref()).map_err(status)?;
@@ -811,7 +814,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::GetWeekScheduleRequest>,
     ) -> Result<Response<pb::GetWeekScheduleResponse>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let owner = schedule_owner(&mut f, &actor, r.scope.as_ref()).map_err(status)?;
@@ -858,7 +861,7 @@ impl LessonService for LessonGrpc {
         &self,
         request: Request<pb::WatchScheduleRequest>,
     ) -> Result<Response<Self::WatchScheduleStream>, Status> {
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let owner = schedule_owner(&mut f, &actor, r.scope.as_ref()).map_err(status)?;
@@ -899,7 +902,7 @@ impl LessonService for LessonGrpc {
         request: Request<pb::ExportCalendarRequest>,
     ) -> Result<Response<pb::ExportCalendarResponse>, Status> {
         use pb::calendar_owner::Owner as Which;
-        let actor = actor(&request)?;
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let mut f = Fields::new();
         let whose = match r.owner.as_ref().and_then(|o| o.owner.as_ref()) {

@@ -10,7 +10,8 @@
 //! - [`projections`]: the read models this service owns and its reactor.
 //! - [`error`]: the one mapping of the service's errors to gRPC statuses.
 //!
-//! Not built yet (they answer UNIMPLEMENTED): GetCalendarFeed, RotateCalendarFeed (the feed URL is served by the gateway, which comes with identity).
+//! Not built yet (they answer UNIMPLEMENTED): GetCalendarFeed, RotateCalendarFeed (the feed URL
+//! needs a public route on the gateway).
 
 pub mod access;
 pub mod application;
@@ -25,7 +26,7 @@ pub mod watch;
 
 pub use application::{LessonApplication, LessonSettings};
 pub use grpc::LessonGrpc;
-pub use projections::{LessonsProjection, SlotReleaseReactor};
+pub use projections::{LessonsProjection, SchoolTutorsProjection, SlotReleaseReactor};
 
 /// Fully qualified gRPC name of the service this crate implements.
 pub const GRPC_SERVICE: &str = repit_proto::repit::lesson::v1::lesson_service_server::SERVICE_NAME;

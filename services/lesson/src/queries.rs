@@ -17,7 +17,7 @@ use crate::calendar::{CalendarEvent, EventStatus, render};
 use crate::domain::lesson::interval_of;
 use crate::domain::local_time::{day_bounds, to_local};
 use crate::error::AppError;
-use crate::projections::{LESSONS_TABLE, SERIES_TABLE};
+use crate::projections::{LESSONS_TABLE, SCHOOL_TUTORS_TABLE, SERIES_TABLE};
 
 pub use paging::MAX_PAGE_SIZE;
 
@@ -418,4 +418,26 @@ pub async fn list_series(
         }
     }
     Ok((series, next))
+}
+
+/// The tutors who teach in any of `schools` (not empty).
+pub async fn tutors_of_schools(
+    db: &ReadModelDb,
+    schools: &[String],
+) -> Result<Vec<String>, AppError> {
+    let placeholders: Vec<String> = (1..=schools.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT DISTINCT tutor_id FROM {SCHOOL_TUTORS_TABLE} WHERE school_id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for school in schools {
+        query = query.bind(school.clone());
+    }
+    query
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|row| Ok(row.try_get::<String, _>(0)?))
+        .collect()
 }

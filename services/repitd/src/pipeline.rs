@@ -24,6 +24,7 @@ pub fn relay_options(config: &Config) -> RelayOptions {
 pub fn projections(lesson: &LessonApplication) -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(repit_lesson::LessonsProjection),
+        Arc::new(repit_lesson::SchoolTutorsProjection),
         Arc::new(repit_lesson::SlotReleaseReactor::new(lesson.clone())),
         Arc::new(repit_user::DirectoryProjection),
     ]
@@ -35,6 +36,7 @@ pub fn queried_read_models(lesson: bool, user: bool) -> Vec<Arc<dyn Projection>>
     let mut read_models: Vec<Arc<dyn Projection>> = Vec::new();
     if lesson {
         read_models.push(Arc::new(repit_lesson::LessonsProjection));
+        read_models.push(Arc::new(repit_lesson::SchoolTutorsProjection));
     }
     if user {
         read_models.push(Arc::new(repit_user::DirectoryProjection));

@@ -3,9 +3,11 @@
 //! the real embedded `repitd` with tokens issued by its real user service.
 //!
 //! The callers are real accounts: two tutors signed up with email and password, a student, a
-//! second student of the same tutor and a parent who joined by invite through the bot, and a
-//! platform admin (an email of `auth.platform_admin_emails`). Every cell gets a fresh lesson and
-//! series of the owning tutor with the student, so the cells do not depend on each other's order.
+//! second student of the same tutor and a parent who joined by invite through the bot, a
+//! platform admin (an email of `auth.platform_admin_emails`), and the admins of two schools —
+//! the one the owning tutor founded, and the other tutor's — who joined by ADMIN invites. Every
+//! cell gets a fresh lesson and series of the owning tutor with the student, so the cells do not
+//! depend on each other's order.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -67,9 +69,13 @@ enum Role {
     Parent,
     /// A platform admin.
     Admin,
+    /// The admin of the school the owning tutor teaches in: answered as the platform admin.
+    SchoolAdmin,
+    /// The admin of another school: answered as the other tutor.
+    OtherSchoolAdmin,
 }
 
-const ROLES: [Role; 7] = [
+const ROLES: [Role; 9] = [
     Role::Anonymous,
     Role::OwnTutor,
     Role::OtherTutor,
@@ -77,7 +83,21 @@ const ROLES: [Role; 7] = [
     Role::OtherStudent,
     Role::Parent,
     Role::Admin,
+    Role::SchoolAdmin,
+    Role::OtherSchoolAdmin,
 ];
+
+impl Role {
+    /// The matrix column whose answers this role gets: a school admin acts for the school's
+    /// tutors as a platform admin does for all, and is a stranger to the other tenancies.
+    fn column(self) -> usize {
+        match self {
+            Role::SchoolAdmin => 6,
+            Role::OtherSchoolAdmin => 2,
+            other => ROLES.iter().position(|r| *r == other).unwrap_or(0),
+        }
+    }
+}
 
 /// What the contract says a role gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -473,7 +493,8 @@ async fn call(rpc: &str, client: &mut Client, fx: &Fixture) -> Result<bool, Stat
 }
 
 /// The contract, one row per RPC (and one for a student-scoped view), one column per role:
-/// anonymous, own tutor, other tutor, student, other student, parent, platform admin.
+/// anonymous, own tutor, other tutor, student, other student, parent, platform admin (the two
+/// school admins take theirs from [`Role::column`]).
 const MATRIX: [(&str, [Expect; 7]); 21] = {
     use Expect::*;
     const UNAUTH: Expect = Unauthenticated;
@@ -616,6 +637,51 @@ async fn sign_up(users: &mut UserServiceClient<Channel>, email: &str) -> (String
     )
 }
 
+/// `founder` founds a school (becoming its admin and one of its tutors) and invites an admin, who
+/// joins through the bot: the new admin's access token.
+async fn school_admin(users: &mut UserServiceClient<Channel>, founder: &Account) -> String {
+    let mut create = tonic::Request::new(user_pb::CreateSchoolRequest {
+        request_id: Uuid::now_v7().to_string(),
+        name: "School".into(),
+    });
+    create.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", founder.access_token)
+            .parse()
+            .expect("ascii"),
+    );
+    let school_id = users
+        .create_school(create)
+        .await
+        .expect("school")
+        .into_inner()
+        .school
+        .expect("school")
+        .school_id;
+    // The founder's next token carries the admin grant that invites into the school.
+    let founder_token = users
+        .refresh_token(user_pb::RefreshTokenRequest {
+            refresh_token: founder.refresh_token.clone(),
+        })
+        .await
+        .expect("refreshed")
+        .into_inner()
+        .tokens
+        .expect("tokens")
+        .access_token;
+    let (token, _) = join_as(
+        users,
+        &founder_token,
+        user_pb::CreateInviteRequest {
+            role: user_pb::Role::Admin as i32,
+            school_id,
+            ..Default::default()
+        },
+    )
+    .await;
+    token
+}
+
 /// The tutor invites (`role`, linked to `student_id` for a parent); the bot redeems the code for
 /// a new Telegram user. The access token and user id of the new member.
 async fn join(
@@ -624,11 +690,27 @@ async fn join(
     role: user_pb::Role,
     student_id: &str,
 ) -> (String, String) {
+    join_as(
+        users,
+        tutor_token,
+        user_pb::CreateInviteRequest {
+            role: role as i32,
+            student_id: student_id.to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// `invite` made with `tutor_token`, redeemed through the bot by a new Telegram user.
+async fn join_as(
+    users: &mut UserServiceClient<Channel>,
+    tutor_token: &str,
+    invite: user_pb::CreateInviteRequest,
+) -> (String, String) {
     let mut invite = tonic::Request::new(user_pb::CreateInviteRequest {
         request_id: Uuid::now_v7().to_string(),
-        role: role as i32,
-        student_id: student_id.to_owned(),
-        ..Default::default()
+        ..invite
     });
     invite.metadata_mut().insert(
         "authorization",
@@ -696,6 +778,8 @@ async fn every_role_gets_what_the_contract_says_for_every_lesson_rpc() {
     )
     .await;
     let (admin_token, _) = sign_up(&mut users, ROOT).await;
+    let school_admin_token = school_admin(&mut users, &own).await;
+    let other_school_admin_token = school_admin(&mut users, &other).await;
     let token_of = |role: Role| match role {
         Role::Anonymous => None,
         Role::OwnTutor => Some(own.access_token.as_str()),
@@ -704,8 +788,28 @@ async fn every_role_gets_what_the_contract_says_for_every_lesson_rpc() {
         Role::OtherStudent => Some(other_student_token.as_str()),
         Role::Parent => Some(parent_token.as_str()),
         Role::Admin => Some(admin_token.as_str()),
+        Role::SchoolAdmin => Some(school_admin_token.as_str()),
+        Role::OtherSchoolAdmin => Some(other_school_admin_token.as_str()),
     };
     let mut owner = client(&channel, Some(&own.access_token));
+
+    // The school admin acts once the lesson service has projected the school's tutors.
+    let started = std::time::Instant::now();
+    let mut school_admin_client = client(&channel, Some(&school_admin_token));
+    loop {
+        let fx = fixture(&mut owner, &own.user_id, &student_id).await;
+        if call("GetLesson", &mut school_admin_client, &fx)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the school's tutors never reached the lesson service"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Every RPC of the contract has a row.
     let contracts = repitd::contracts::ContractIndex::compiled().expect("the contracts");
@@ -721,7 +825,8 @@ async fn every_role_gets_what_the_contract_says_for_every_lesson_rpc() {
 
     let mut mismatches = Vec::new();
     for (rpc, expected) in MATRIX {
-        for (role, expect) in ROLES.iter().zip(expected) {
+        for role in &ROLES {
+            let expect = expected[role.column()];
             let fx = fixture(&mut owner, &own.user_id, &student_id).await;
             let mut caller = client(&channel, token_of(*role));
             let got = classify(call(rpc, &mut caller, &fx).await);

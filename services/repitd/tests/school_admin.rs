@@ -1,0 +1,294 @@
+//! A school admin on the real `repitd`: joined by an ADMIN invite into a school, they see and
+//! manage the lessons of the school's tutors — a tutor who joined by a TUTOR invite included —
+//! and nothing of a tutor outside the school (lesson.proto, "Who may do what").
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use prost_types::Timestamp;
+use repit_proto::repit::lesson::v1 as pb;
+use repit_proto::repit::lesson::v1::lesson_service_client::LessonServiceClient;
+use repit_proto::repit::user::v1 as user_pb;
+use repit_proto::repit::user::v1::user_service_client::UserServiceClient;
+use repit_tests::identity::{self, Account};
+use repit_tests::spawn_server;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use uuid::Uuid;
+
+fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    request
+}
+
+/// A code for `role` in `school_id`, made by its admin.
+async fn school_invite(
+    users: &mut UserServiceClient<Channel>,
+    admin_token: &str,
+    role: user_pb::Role,
+    school_id: &str,
+) -> String {
+    users
+        .create_invite(bearer(
+            user_pb::CreateInviteRequest {
+                request_id: Uuid::now_v7().to_string(),
+                role: role as i32,
+                school_id: school_id.to_owned(),
+                ..Default::default()
+            },
+            admin_token,
+        ))
+        .await
+        .expect("invited")
+        .into_inner()
+        .code
+}
+
+fn lesson_request(tutor_id: &str, days_ahead: i64) -> pb::ScheduleLessonRequest {
+    let start = Utc::now() + TimeDelta::days(days_ahead);
+    pb::ScheduleLessonRequest {
+        tutor_id: tutor_id.to_owned(),
+        student_id: Uuid::now_v7().to_string(),
+        start_time: Some(Timestamp {
+            seconds: start.timestamp(),
+            nanos: 0,
+        }),
+        duration: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+        time_zone: "Europe/Moscow".into(),
+        subject: "Chemistry".into(),
+        ..Default::default()
+    }
+}
+
+async fn schedule(
+    lessons: &mut LessonServiceClient<Channel>,
+    token: &str,
+    request: pb::ScheduleLessonRequest,
+) -> Result<pb::Lesson, tonic::Status> {
+    lessons
+        .schedule_lesson(bearer(request, token))
+        .await
+        .map(|r| r.into_inner().lesson.expect("lesson"))
+}
+
+#[tokio::test]
+async fn a_school_admin_manages_the_lessons_of_the_schools_tutors_and_no_others() {
+    let server = spawn_server(
+        Path::new(env!("CARGO_BIN_EXE_repitd")),
+        &["serve"],
+        &[("REPIT_GATEWAY__RATE_LIMIT__ENABLED", "false")],
+    )
+    .await;
+    let channel = identity::channel(&server.url());
+    let mut users = UserServiceClient::new(channel.clone());
+    let mut lessons = LessonServiceClient::new(channel.clone());
+
+    // Anna founds the school; Boris joins it as a tutor; Vera becomes its admin only.
+    let anna: Account = identity::sign_up_tutor(channel.clone(), "Anna Petrova").await;
+    let school = users
+        .create_school(bearer(
+            user_pb::CreateSchoolRequest {
+                request_id: Uuid::now_v7().to_string(),
+                name: "Школа №1".into(),
+            },
+            &anna.access_token,
+        ))
+        .await
+        .expect("school")
+        .into_inner()
+        .school
+        .expect("school");
+    let founder = users
+        .refresh_token(user_pb::RefreshTokenRequest {
+            refresh_token: anna.refresh_token.clone(),
+        })
+        .await
+        .expect("refreshed")
+        .into_inner()
+        .tokens
+        .expect("tokens")
+        .access_token;
+    let boris = identity::sign_up_tutor(channel.clone(), "Boris Ivanov").await;
+    let code = school_invite(
+        &mut users,
+        &founder,
+        user_pb::Role::Tutor,
+        &school.school_id,
+    )
+    .await;
+    let boris_token = users
+        .redeem_invite(bearer(
+            user_pb::RedeemInviteRequest {
+                request_id: Uuid::now_v7().to_string(),
+                code,
+                redeemer: Some(user_pb::redeem_invite_request::Redeemer::CurrentUser(
+                    user_pb::CurrentUser {},
+                )),
+                ..Default::default()
+            },
+            &boris.access_token,
+        ))
+        .await
+        .expect("Boris joins the school")
+        .into_inner()
+        .tokens
+        .map_or(boris.access_token.clone(), |t| t.access_token);
+    let code = school_invite(
+        &mut users,
+        &founder,
+        user_pb::Role::Admin,
+        &school.school_id,
+    )
+    .await;
+    let vera = users
+        .redeem_invite(user_pb::RedeemInviteRequest {
+            request_id: Uuid::now_v7().to_string(),
+            code,
+            redeemer: Some(user_pb::redeem_invite_request::Redeemer::NewAccount(
+                user_pb::EmailPassword {
+                    email: format!("vera-{}@example.test", Uuid::now_v7().simple()),
+                    password: "correct horse battery staple".into(),
+                },
+            )),
+            display_name: "Vera".into(),
+            time_zone: "Europe/Moscow".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Vera becomes the school's admin")
+        .into_inner()
+        .tokens
+        .expect("tokens")
+        .access_token;
+    let carl = identity::sign_up_tutor(channel.clone(), "Carl Outsider").await;
+
+    let borises = schedule(
+        &mut lessons,
+        &boris_token,
+        lesson_request(&boris.user_id, 3),
+    )
+    .await
+    .expect("Boris schedules");
+    let carls = schedule(
+        &mut lessons,
+        &carl.access_token,
+        lesson_request(&carl.user_id, 3),
+    )
+    .await
+    .expect("Carl schedules");
+
+    // Vera sees Boris's lesson once the read models have the school's tutors and the lesson.
+    let started = Instant::now();
+    loop {
+        let listed = lessons
+            .list_lessons(bearer(
+                pb::ListLessonsRequest {
+                    tutor_id: boris.user_id.clone(),
+                    ..Default::default()
+                },
+                &vera,
+            ))
+            .await;
+        match listed {
+            Ok(answer) if !answer.get_ref().lessons.is_empty() => {
+                let ids: Vec<&str> = answer
+                    .get_ref()
+                    .lessons
+                    .iter()
+                    .map(|l| l.lesson_id.as_str())
+                    .collect();
+                assert_eq!(ids, [borises.lesson_id.as_str()]);
+                break;
+            }
+            // NOT_FOUND while the school's tutors are not projected yet; empty while the lesson
+            // is not.
+            Ok(_) => {}
+            Err(status) => assert_eq!(status.code(), Code::NotFound, "{status:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the admin never saw the school tutor's lesson"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Everything she may see: the school's tutors' lessons, Carl's not.
+    let all = lessons
+        .list_lessons(bearer(pb::ListLessonsRequest::default(), &vera))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(all.lessons.iter().all(|l| l.tutor_id != carl.user_id));
+    let hidden = lessons
+        .get_lesson(bearer(
+            pb::GetLessonRequest {
+                lesson_id: carls.lesson_id.clone(),
+            },
+            &vera,
+        ))
+        .await
+        .expect_err("Carl's lesson is outside the school");
+    assert_eq!(hidden.code(), Code::NotFound);
+
+    // She schedules for the school's tutor (naming him: she teaches nobody herself), not for
+    // Carl, and not without a tutor.
+    let hers = schedule(&mut lessons, &vera, lesson_request(&boris.user_id, 5))
+        .await
+        .expect("the admin schedules for the school's tutor");
+    assert_eq!(hers.tutor_id, boris.user_id);
+    let refused = schedule(&mut lessons, &vera, lesson_request(&carl.user_id, 5))
+        .await
+        .expect_err("not the school's tutor");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let unnamed = schedule(&mut lessons, &vera, lesson_request("", 5))
+        .await
+        .expect_err("an admin names the tutor");
+    assert_eq!(unnamed.code(), Code::InvalidArgument, "{unnamed:?}");
+
+    // She cancels as the tutor's side would.
+    let cancelled = lessons
+        .cancel_lesson(bearer(
+            pb::CancelLessonRequest {
+                lesson_id: hers.lesson_id.clone(),
+                reason: "room unavailable".into(),
+                ..Default::default()
+            },
+            &vera,
+        ))
+        .await
+        .expect("the admin cancels")
+        .into_inner()
+        .lesson
+        .expect("lesson");
+    assert_eq!(cancelled.state(), pb::LessonState::Cancelled);
+    assert_eq!(
+        cancelled.cancellation.expect("cancellation").cancelled_by(),
+        pb::CancellingParty::Tutor
+    );
+
+    // The founder, admin and tutor at once, sees her school's tutor's lessons too.
+    let founders = lessons
+        .get_lesson(bearer(
+            pb::GetLessonRequest {
+                lesson_id: borises.lesson_id.clone(),
+            },
+            &founder,
+        ))
+        .await
+        .expect("the founder sees the school tutor's lesson");
+    assert_eq!(
+        founders.into_inner().lesson.expect("lesson").tutor_id,
+        boris.user_id
+    );
+
+    let (exit, _) = server.terminate().await;
+    assert!(exit.success());
+}

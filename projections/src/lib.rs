@@ -29,5 +29,5 @@ pub mod runtime;
 pub use admin::{ParkedEvent, ProjectionStatus, RetryReport};
 pub use db::{DbError, Dialect, ReadModelDb};
 pub use feed::{Batch, Feed, FeedError, FeedSource, FeedSpec};
-pub use projection::{ApplyError, Projection, ProjectionTx, TableDef};
+pub use projection::{ApplyError, Projection, ProjectionTx, TableDef, fold_order};
 pub use runtime::{RebuildReport, Runtime, RuntimeError, RuntimeOptions};

@@ -55,6 +55,26 @@ pub enum ApplyError {
     Transient(String),
 }
 
+/// What to do with an event of revision `event` for a row folded up to revision `stored`, in a
+/// read model folded stream by stream (each row built from its stream's events in order).
+///
+/// Equal: it was folded already (a redelivery) — skip it. Lower: the row has moved past it
+/// without it — the event was parked and later events were folded on top — and folding it now
+/// would be out of order: it stays parked (Poison) until a rebuild folds the stream in order.
+/// Higher: fold it.
+pub fn fold_order(stored: i64, event: u64) -> Result<bool, ApplyError> {
+    let event = i64::try_from(event)
+        .map_err(|_| ApplyError::Poison(format!("revision {event} exceeds i64")))?;
+    match stored.cmp(&event) {
+        std::cmp::Ordering::Less => Ok(true),
+        std::cmp::Ordering::Equal => Ok(false),
+        std::cmp::Ordering::Greater => Err(ApplyError::Poison(format!(
+            "the row is at revision {stored}, past this event's {event}, which it never folded: \
+             rebuild the projection to fold its stream in order"
+        ))),
+    }
+}
+
 /// Whether the database refused a statement only for now: a lock it could not get in time, a
 /// serialization failure or deadlock, a connection or server going away.
 fn is_transient(error: &dyn DatabaseError) -> bool {
@@ -152,4 +172,22 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Applies one event inside the batch's transaction.
     async fn apply(&self, tx: &mut ProjectionTx, event: &RecordedEvent) -> Result<(), ApplyError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_is_folded_in_order_and_an_event_the_row_passed_stays_parked() {
+        assert!(matches!(fold_order(3, 4), Ok(true)), "the next event folds");
+        assert!(
+            matches!(fold_order(4, 4), Ok(false)),
+            "a redelivery is skipped"
+        );
+        assert!(
+            matches!(fold_order(6, 4), Err(ApplyError::Poison(message)) if message.contains("rebuild")),
+            "an event the row moved past without is not folded out of order"
+        );
+    }
 }

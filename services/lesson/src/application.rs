@@ -214,11 +214,7 @@ impl LessonApplication {
     /// schools (from the `lesson_school_tutors` read model, so a tutor who just joined a school
     /// is in its admins' reach within moments).
     pub async fn actor(&self, caller: Caller) -> Result<Actor, AppError> {
-        let schools: Vec<String> = caller
-            .administered_schools()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let schools = caller.administered_schools();
         let actor = Actor::new(caller);
         if schools.is_empty() {
             return Ok(actor);

@@ -427,7 +427,7 @@ pub async fn tutors_of_schools(
 ) -> Result<Vec<String>, AppError> {
     let placeholders: Vec<String> = (1..=schools.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
-        "SELECT DISTINCT tutor_id FROM {SCHOOL_TUTORS_TABLE} WHERE school_id IN ({})",
+        "SELECT DISTINCT tutor_id FROM {SCHOOL_TUTORS_TABLE} WHERE active = 1 AND school_id IN ({})",
         placeholders.join(", ")
     );
     let mut query = sqlx::query(&sql);

@@ -1,6 +1,7 @@
 //! A school admin on the real `repitd`: joined by an ADMIN invite into a school, they see and
-//! manage the lessons of the school's tutors — a tutor who joined by a TUTOR invite included —
-//! and nothing of a tutor outside the school (lesson.proto, "Who may do what").
+//! manage the lessons of the school's tutors — tutors who joined by a TUTOR invite, with or
+//! without a practice of their own, included — list their tenancies, and see nothing of a tutor
+//! outside the school (lesson.proto, "Who may do what"; user.proto, ListUsers).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -169,6 +170,33 @@ async fn a_school_admin_manages_the_lessons_of_the_schools_tutors_and_no_others(
         .expect("tokens")
         .access_token;
     let carl = identity::sign_up_tutor(channel.clone(), "Carl Outsider").await;
+    // Dasha joins the school as a new account: her only tutor grant is the school's.
+    let code = school_invite(
+        &mut users,
+        &founder,
+        user_pb::Role::Tutor,
+        &school.school_id,
+    )
+    .await;
+    let dasha = users
+        .redeem_invite(user_pb::RedeemInviteRequest {
+            request_id: Uuid::now_v7().to_string(),
+            code,
+            redeemer: Some(user_pb::redeem_invite_request::Redeemer::NewAccount(
+                user_pb::EmailPassword {
+                    email: format!("dasha-{}@example.test", Uuid::now_v7().simple()),
+                    password: "correct horse battery staple".into(),
+                },
+            )),
+            display_name: "Dasha".into(),
+            time_zone: "Europe/Moscow".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Dasha joins the school as a tutor")
+        .into_inner();
+    let dasha_id = dasha.user.expect("user").user_id;
+    let dasha_token = dasha.tokens.expect("tokens").access_token;
 
     let borises = schedule(
         &mut lessons,
@@ -273,6 +301,60 @@ async fn a_school_admin_manages_the_lessons_of_the_schools_tutors_and_no_others(
         cancelled.cancellation.expect("cancellation").cancelled_by(),
         pb::CancellingParty::Tutor
     );
+
+    // Dasha, a tutor of the school only, is in Vera's administration like Boris: her lessons,
+    // her tenancy's accounts and invites.
+    let dashas = schedule(&mut lessons, &dasha_token, lesson_request(&dasha_id, 7))
+        .await
+        .expect("Dasha schedules");
+    let started = Instant::now();
+    while lessons
+        .get_lesson(bearer(
+            pb::GetLessonRequest {
+                lesson_id: dashas.lesson_id.clone(),
+            },
+            &vera,
+        ))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the admin never saw the invited tutor's lesson"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    users
+        .list_users(bearer(
+            user_pb::ListUsersRequest {
+                tutor_id: dasha_id.clone(),
+                ..Default::default()
+            },
+            &vera,
+        ))
+        .await
+        .expect("the admin lists the invited tutor's tenancy");
+    users
+        .list_invites(bearer(
+            user_pb::ListInvitesRequest {
+                tutor_id: dasha_id.clone(),
+                ..Default::default()
+            },
+            &vera,
+        ))
+        .await
+        .expect("the admin lists the invited tutor's invites");
+    let outside = users
+        .list_users(bearer(
+            user_pb::ListUsersRequest {
+                tutor_id: carl.user_id.clone(),
+                ..Default::default()
+            },
+            &vera,
+        ))
+        .await
+        .expect_err("Carl's tenancy is outside the school");
+    assert_eq!(outside.code(), Code::PermissionDenied);
 
     // The founder, admin and tutor at once, sees her school's tutor's lessons too.
     let founders = lessons

@@ -280,18 +280,28 @@ impl Fields {
         }
     }
 
-    /// The page size and where the page starts, for lists ordered by a time and an id.
-    fn page(&mut self, page: Option<&PageRequest>) -> (i64, Option<(i64, String)>) {
+    /// The page size and where the page starts (the sort key and id `parse` reads from the
+    /// page token).
+    fn page_with<K>(
+        &mut self,
+        page: Option<&PageRequest>,
+        parse: impl Fn(&str) -> Option<K>,
+    ) -> (i64, Option<K>) {
         let size = paging::page_size(page.map_or(0, |p| p.page_size));
         let token = page.map_or("", |p| p.page_token.as_str());
         if token.is_empty() {
             return (size, None);
         }
-        let after = paging::parse_int_page_token(token);
+        let after = parse(token);
         if after.is_none() {
             self.bad("page.page_token", "not a token this list gave");
         }
         (size, after)
+    }
+
+    /// [`Fields::page_with`] for lists ordered by a time and an id.
+    fn page(&mut self, page: Option<&PageRequest>) -> (i64, Option<(i64, String)>) {
+        self.page_with(page, paging::parse_int_page_token)
     }
 
     fn finish(self) -> Result<(), AppError> {
@@ -1080,17 +1090,8 @@ impl UserService for UserGrpc {
         let caller = caller_of(&request)?;
         let r = request.into_inner();
         let mut f = Fields::default();
-        let page_size = paging::page_size(r.page.as_ref().map_or(0, |p| p.page_size));
-        let token = r.page.as_ref().map_or("", |p| p.page_token.as_str());
-        let after = if token.is_empty() {
-            None
-        } else {
-            let parsed = paging::parse_page_token(token);
-            if parsed.is_none() {
-                f.bad("page.page_token", "not a token this list gave");
-            }
-            parsed
-        };
+        // Ordered by display name (a text key) then user id.
+        let (page_size, after) = f.page_with(r.page.as_ref(), paging::parse_page_token);
         let role = match pb::Role::try_from(r.role) {
             Ok(pb::Role::Unspecified) => None,
             Ok(role) => Some(role),

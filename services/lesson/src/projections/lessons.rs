@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use prost::Message;
 use repit_event_store::{Aggregate, EventCodec, RecordedEvent};
-use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef};
+use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef, fold_order};
 use repit_proto::repit::lesson::v1 as pb;
 use sqlx::Row;
 
@@ -135,9 +135,8 @@ impl LessonsProjection {
         };
         let mut state = LessonAggregate::default();
         if let Some(row) = row {
-            let revision: i64 = row.try_get(0)?;
-            if revision >= to_i64(event.revision)? {
-                return Ok(()); // Already folded (a retried parked event).
+            if !fold_order(row.try_get(0)?, event.revision)? {
+                return Ok(()); // Folded already.
             }
             let resource: Vec<u8> = row.try_get(1)?;
             let lesson = pb::Lesson::decode(resource.as_slice())
@@ -239,8 +238,7 @@ impl LessonsProjection {
         .await?;
         let mut state = SeriesAggregate::default();
         if let Some(row) = row {
-            let revision: i64 = row.try_get(0)?;
-            if revision >= to_i64(event.revision)? {
+            if !fold_order(row.try_get(0)?, event.revision)? {
                 return Ok(());
             }
             let resource: Vec<u8> = row.try_get(1)?;

@@ -20,6 +20,8 @@ const TABLES: &[TableDef] = &[TableDef {
     ddl: &["CREATE TABLE {table} (
             school_id TEXT NOT NULL,
             tutor_id TEXT NOT NULL,
+            active BIGINT NOT NULL,
+            revision BIGINT NOT NULL,
             PRIMARY KEY (school_id, tutor_id)
         )"],
 }];
@@ -66,19 +68,21 @@ impl Projection for SchoolTutorsProjection {
             return Ok(());
         }
         let table = tx.table(SCHOOL_TUTORS_TABLE).to_owned();
-        // Both statements are idempotent, so a retried event changes nothing.
-        let sql = if granted {
-            format!(
-                "INSERT INTO {table} (school_id, tutor_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-            )
-        } else {
-            format!("DELETE FROM {table} WHERE school_id = $1 AND tutor_id = $2")
-        };
-        sqlx::query(&sql)
-            .bind(school_id)
-            .bind(tutor_id)
-            .execute(tx.conn())
-            .await?;
+        let revision = i64::try_from(event.revision).map_err(poison)?;
+        // A revocation keeps the row (inactive) with its revision, so the latest grant or
+        // revocation wins even when an older one is retried from the parking lot later.
+        sqlx::query(&format!(
+            "INSERT INTO {table} (school_id, tutor_id, active, revision) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (school_id, tutor_id) DO UPDATE SET
+                active = excluded.active, revision = excluded.revision
+             WHERE {table}.revision < excluded.revision"
+        ))
+        .bind(school_id)
+        .bind(tutor_id)
+        .bind(i64::from(granted))
+        .bind(revision)
+        .execute(tx.conn())
+        .await?;
         Ok(())
     }
 }

@@ -177,16 +177,17 @@ impl Caller {
                 .any(|grant| grant.role == Role::Admin && grant.school() == Some(school_id))
     }
 
-    /// Whether `student_id` is one of the caller's children (as of the token's issue).
     /// The schools the caller administers (a platform admin's grant names none).
-    pub fn administered_schools(&self) -> Vec<&str> {
+    pub fn administered_schools(&self) -> Vec<String> {
         self.roles
             .iter()
             .filter(|grant| grant.role == Role::Admin)
             .filter_map(RoleClaim::school)
+            .map(str::to_owned)
             .collect()
     }
 
+    /// Whether `student_id` is one of the caller's children (as of the token's issue).
     pub fn is_parent_of(&self, student_id: &str) -> bool {
         self.has_role(Role::Parent) && self.children.iter().any(|child| child == student_id)
     }

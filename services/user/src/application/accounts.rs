@@ -123,7 +123,8 @@ impl UserApplication {
             return Ok(());
         }
         let tutor = self.load_user(tutor_id).await?;
-        if !tutor.holds(pb::Role::Tutor, "", "") {
+        // Any tutor grant: a tutor who joined through a school's invite holds only the school's.
+        if !tutor.teaches() {
             return Err(AppError::NotFound);
         }
         if self.administers_tutor(caller, tutor_id).await {

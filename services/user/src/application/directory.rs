@@ -20,7 +20,8 @@ use crate::queries::{self, InviteScope, Page, UserFilter, UserScope};
 pub struct UserListing {
     /// The tenancy to list; `None`: as the caller's role implies.
     pub tutor_id: Option<String>,
-    /// The school whose staff (and, without `tutor_id`, tenancies) to list.
+    /// The school whose staff (and, without `tutor_id`, tenancies) to list, besides the
+    /// tenancy of `tutor_id`.
     pub school_id: Option<String>,
     pub filter: UserFilter,
 }
@@ -56,25 +57,19 @@ impl UserApplication {
         &self,
         caller: &Caller,
     ) -> Result<Vec<String>, AppError> {
-        let schools: Vec<String> = caller
-            .administered_schools()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        queries::tutors_of_schools(&self.read_models, &schools).await
+        queries::tutors_of_schools(&self.read_models, &caller.administered_schools()).await
     }
 
-    /// Ok when `caller` manages the tenancy of `tutor_id`: is that tutor, administers a school
-    /// the tutor teaches in (as the read model knows), or is a platform admin.
+    /// Ok when `caller` manages the tenancy of `tutor_id` — the rule every command uses
+    /// (`check_manages_tenancy`) — and PERMISSION_DENIED otherwise, as the lists' contract says
+    /// (whether the tenancy exists or not).
     async fn check_lists_tenancy(&self, caller: &Caller, tutor_id: &str) -> Result<(), AppError> {
-        if caller.is_platform_admin() || (caller.is_tutor() && caller.user_id == tutor_id) {
-            return Ok(());
-        }
-        let tutors = self.tutors_of_administered_schools(caller).await?;
-        if tutors.iter().any(|t| t == tutor_id) {
-            Ok(())
-        } else {
-            Err(outside("tenancy"))
+        match self.check_manages_tenancy(caller, tutor_id).await {
+            Ok(()) => Ok(()),
+            Err(AppError::NotFound | AppError::Missing(_) | AppError::PermissionDenied(_)) => {
+                Err(outside("tenancy"))
+            }
+            Err(other) => Err(other),
         }
     }
 
@@ -86,46 +81,28 @@ impl UserApplication {
     ) -> Result<Page<pb::User>, AppError> {
         only_managers(caller, "users")?;
         let mut scope = UserScope::default();
-        match (&listing.tutor_id, &listing.school_id) {
-            (tutor, Some(school)) => {
-                if !caller.administers_school(school) {
-                    return Err(outside("school"));
-                }
-                scope.school_staff.push(school.clone());
-                match tutor {
-                    Some(tutor) => {
-                        let tutors = queries::tutors_of_schools(
-                            &self.read_models,
-                            std::slice::from_ref(school),
-                        )
-                        .await?;
-                        if !tutors.contains(tutor) {
-                            return Err(AppError::invalid(
-                                "tutor_id",
-                                "the tutor does not teach in school_id",
-                            ));
-                        }
-                        scope.tenancies.push(tutor.clone());
-                    }
-                    None => scope.school_tenancies.push(school.clone()),
-                }
+        if let Some(school) = &listing.school_id {
+            if !caller.administers_school(school) {
+                return Err(outside("school"));
             }
-            (Some(tutor), None) => {
-                self.check_lists_tenancy(caller, tutor).await?;
-                scope.tenancies.push(tutor.clone());
+            scope.school_staff.push(school.clone());
+            if listing.tutor_id.is_none() {
+                scope.school_tenancies.push(school.clone());
             }
-            (None, None) if caller.is_platform_admin() => scope.everyone = true,
-            (None, None) => {
+        }
+        if let Some(tutor) = &listing.tutor_id {
+            self.check_lists_tenancy(caller, tutor).await?;
+            scope.tenancies.push(tutor.clone());
+        }
+        if listing.tutor_id.is_none() && listing.school_id.is_none() {
+            if caller.is_platform_admin() {
+                scope.everyone = true;
+            } else {
                 if caller.is_tutor() {
                     scope.tenancies.push(caller.user_id.clone());
                 }
-                let schools: Vec<String> = caller
-                    .administered_schools()
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect();
-                scope.school_staff.clone_from(&schools);
-                scope.school_tenancies = schools;
+                scope.school_staff = caller.administered_schools();
+                scope.school_tenancies = caller.administered_schools();
             }
         }
         // Every account listed is in a scope the caller manages, so contact fields are theirs
@@ -161,29 +138,26 @@ impl UserApplication {
         let mut scope = InviteScope::default();
         if let Some(tutor) = &listing.tutor_id {
             self.check_lists_tenancy(caller, tutor).await?;
-            scope.tenancies.push(tutor.clone());
         }
-        if let Some(school) = &listing.school_id {
-            if !caller.administers_school(school) {
-                return Err(outside("school"));
-            }
-            scope.schools.push(school.clone());
+        if let Some(school) = &listing.school_id
+            && !caller.administers_school(school)
+        {
+            return Err(outside("school"));
         }
-        if listing.tutor_id.is_none() && listing.school_id.is_none() {
-            if caller.is_platform_admin() {
-                scope.everything = true;
-            } else {
+        match (&listing.tutor_id, &listing.school_id) {
+            // Each filter narrows: an invite is into a tenancy or into a school, never both.
+            (Some(_), Some(_)) => return Ok((Vec::new(), String::new())),
+            (Some(tutor), None) => scope.tenancies.push(tutor.clone()),
+            (None, Some(school)) => scope.schools.push(school.clone()),
+            (None, None) if caller.is_platform_admin() => scope.everything = true,
+            (None, None) => {
                 if caller.is_tutor() {
                     scope.tenancies.push(caller.user_id.clone());
                 }
                 scope
                     .tenancies
                     .extend(self.tutors_of_administered_schools(caller).await?);
-                scope.schools = caller
-                    .administered_schools()
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect();
+                scope.schools = caller.administered_schools();
                 scope.created_by = Some(caller.user_id.clone());
             }
         }

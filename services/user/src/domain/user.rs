@@ -276,6 +276,13 @@ impl UserAggregate {
         Ok(user)
     }
 
+    /// Whether the account teaches: holds a tutor grant, of its own practice or of a school.
+    pub fn teaches(&self) -> bool {
+        self.user
+            .as_ref()
+            .is_some_and(|u| u.roles.iter().any(|g| g.role() == pb::Role::Tutor))
+    }
+
     /// Whether the account holds `role` in the tenancy of `tutor_id`.
     pub fn holds(&self, role: pb::Role, tutor_id: &str, school_id: &str) -> bool {
         self.user.as_ref().is_some_and(|u| {

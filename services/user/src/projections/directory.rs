@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use prost::Message;
 use repit_event_store::{Aggregate, EventCodec, RecordedEvent};
 use repit_platform::time::from_timestamp;
-use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef};
+use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef, fold_order};
 use repit_proto::repit::user::v1 as pb;
 use sqlx::Row;
 
@@ -208,9 +208,8 @@ impl DirectoryProjection {
         .await?;
         let mut state = UserAggregate::default();
         if let Some(row) = row {
-            let revision: i64 = row.try_get(0)?;
-            if revision >= to_i64(event.revision)? {
-                return Ok(()); // Already folded (a retried parked event).
+            if !fold_order(row.try_get(0)?, event.revision)? {
+                return Ok(()); // Folded already.
             }
             let resource: Vec<u8> = row.try_get(1)?;
             state.user = Some(
@@ -336,15 +335,35 @@ impl DirectoryProjection {
         let table = tx.table(SESSIONS_TABLE).to_owned();
         let session_id = stream_id(event, "session-").to_owned();
         let revision = to_i64(event.revision)?;
-        // Each statement is guarded by the revision, so a retried event changes nothing.
+        let stored: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT revision FROM {table} WHERE session_id = $1"
+        ))
+        .bind(&session_id)
+        .fetch_optional(tx.conn())
+        .await?;
+        match (&decoded, stored) {
+            // The family's first event: once only.
+            (SessionEvent::Issued(_), Some(_)) => return Ok(()),
+            (SessionEvent::Issued(_), None) => {}
+            (_, None) => {
+                return Err(poison(format!(
+                    "{} for session {session_id} arrived before the session was issued",
+                    event.event_type
+                )));
+            }
+            (_, Some(stored)) => {
+                if !fold_order(stored, event.revision)? {
+                    return Ok(());
+                }
+            }
+        }
         match &decoded {
             SessionEvent::Issued(e) => {
                 sqlx::query(&format!(
                     "INSERT INTO {table} (session_id, user_id, sign_in_method, client_name,
                     started_at_us, last_refreshed_at_us, refresh_expires_at_us, expires_at_us,
                     revision)
-                 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)
-                 ON CONFLICT (session_id) DO NOTHING"
+                 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)"
                 ))
                 .bind(session_id)
                 .bind(e.user_id.clone())
@@ -364,7 +383,7 @@ impl DirectoryProjection {
                 sqlx::query(&format!(
                     "UPDATE {table} SET last_refreshed_at_us = $2, refresh_expires_at_us = $3,
                     revision = $4
-                 WHERE session_id = $1 AND revision < $4"
+                 WHERE session_id = $1"
                 ))
                 .bind(session_id)
                 .bind(micros(e.occurred_at.as_ref()))
@@ -376,7 +395,7 @@ impl DirectoryProjection {
             // The revocation that follows in the same append ends the session.
             SessionEvent::ReuseDetected(_) => {
                 sqlx::query(&format!(
-                    "UPDATE {table} SET revision = $2 WHERE session_id = $1 AND revision < $2"
+                    "UPDATE {table} SET revision = $2 WHERE session_id = $1"
                 ))
                 .bind(session_id)
                 .bind(revision)
@@ -386,7 +405,7 @@ impl DirectoryProjection {
             SessionEvent::Revoked(e) => {
                 sqlx::query(&format!(
                     "UPDATE {table} SET ended_at_us = $2, end_reason = $3, revision = $4
-                 WHERE session_id = $1 AND revision < $4"
+                 WHERE session_id = $1"
                 ))
                 .bind(session_id)
                 .bind(micros(e.occurred_at.as_ref()))
@@ -417,8 +436,7 @@ impl DirectoryProjection {
         .await?;
         let mut state = InviteAggregate::default();
         if let Some(row) = row {
-            let revision: i64 = row.try_get(0)?;
-            if revision >= to_i64(event.revision)? {
+            if !fold_order(row.try_get(0)?, event.revision)? {
                 return Ok(());
             }
             let resource: Vec<u8> = row.try_get(1)?;

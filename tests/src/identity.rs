@@ -31,6 +31,16 @@ impl Interceptor for Bearer {
     }
 }
 
+/// `message` as a request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a token is ASCII"),
+    );
+    request
+}
+
 /// A channel whose every call carries one account's access token.
 pub type SignedInChannel = InterceptedService<Channel, Bearer>;
 
@@ -38,6 +48,8 @@ pub type SignedInChannel = InterceptedService<Channel, Bearer>;
 #[derive(Clone, Debug)]
 pub struct Account {
     pub user_id: String,
+    /// The login email (its password is [`PASSWORD`]).
+    pub email: String,
     pub access_token: String,
     pub refresh_token: String,
 }
@@ -56,17 +68,24 @@ pub fn channel(url: &str) -> Channel {
         .connect_lazy()
 }
 
-/// Signs up a new tutor (a fresh email, a fixed strong password) and returns the signed-in
-/// account.
+/// The password of every account these helpers sign up.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Signs up a new tutor (a fresh email, [`PASSWORD`]) and returns the signed-in account.
 pub async fn sign_up_tutor(channel: Channel, display_name: &str) -> Account {
     let email = format!("tutor-{}@example.test", uuid::Uuid::new_v4());
+    sign_up_tutor_as(channel, display_name, &email).await
+}
+
+/// Signs up a new tutor with `email` and [`PASSWORD`] and returns the signed-in account.
+pub async fn sign_up_tutor_as(channel: Channel, display_name: &str, email: &str) -> Account {
     let answer = UserServiceClient::new(channel)
         .sign_up_tutor(user_pb::SignUpTutorRequest {
             request_id: uuid::Uuid::new_v4().to_string(),
             credentials: Some(user_pb::sign_up_tutor_request::Credentials::EmailPassword(
                 user_pb::EmailPassword {
-                    email,
-                    password: "correct horse battery staple".to_owned(),
+                    email: email.to_owned(),
+                    password: PASSWORD.to_owned(),
                 },
             )),
             display_name: display_name.to_owned(),
@@ -80,6 +99,7 @@ pub async fn sign_up_tutor(channel: Channel, display_name: &str) -> Account {
     let tokens = answer.tokens.expect("sign-up issues tokens");
     Account {
         user_id: answer.user.expect("the account").user_id,
+        email: email.to_owned(),
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token,
     }

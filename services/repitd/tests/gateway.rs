@@ -17,10 +17,11 @@ use repit_proto::repit::tutor::v1 as tutor_pb;
 use repit_proto::repit::tutor::v1::tutor_service_client::TutorServiceClient;
 use repit_proto::repit::user::v1 as pb;
 use repit_proto::repit::user::v1::user_service_client::UserServiceClient;
+use repit_tests::identity::bearer;
 use repit_tests::{ChildServer, spawn_server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
@@ -50,15 +51,6 @@ async fn channel(server: &ChildServer) -> Channel {
         .connect()
         .await
         .expect("connect")
-}
-
-fn bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
 }
 
 /// Signs a new tutor up through `users`; answers the user id and the access token.

@@ -7,9 +7,10 @@ use std::path::Path;
 
 use repit_proto::repit::user::v1 as pb;
 use repit_proto::repit::user::v1::user_service_client::UserServiceClient;
+use repit_tests::identity::bearer;
 use repit_tests::{ChildServer, spawn_server};
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
@@ -44,15 +45,6 @@ async fn serve_with(env: &[(&str, &str)]) -> (ChildServer, UserServiceClient<Cha
         .await
         .expect("connect");
     (server, UserServiceClient::new(channel))
-}
-
-fn bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
 }
 
 async fn sign_up(users: &mut UserServiceClient<Channel>, email: &str) -> pb::SignUpTutorResponse {

@@ -10,20 +10,12 @@ use repit_proto::repit::lesson::v1::lesson_service_client::LessonServiceClient;
 use repit_proto::repit::user::v1 as pb;
 use repit_proto::repit::user::v1::user_service_client::UserServiceClient;
 use repit_tests::identity;
+use repit_tests::identity::bearer;
 use repit_tests::spawn_server;
-use tonic::{Code, Request};
+use tonic::Code;
 use uuid::Uuid;
 
 const ROOT: &str = "root-admin@example.test";
-
-fn bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
 
 #[tokio::test]
 async fn a_remote_verifier_catches_up_with_a_revoking_rotation_within_seconds() {
@@ -42,23 +34,7 @@ async fn a_remote_verifier_catches_up_with_a_revoking_rotation_within_seconds() 
     let lesson = spawn_server(repitd, &["serve", "--target", "lesson"], &lesson_env).await;
 
     let mut users = UserServiceClient::new(identity::channel(&user.url()));
-    let signed_up = users
-        .sign_up_tutor(pb::SignUpTutorRequest {
-            request_id: Uuid::now_v7().to_string(),
-            credentials: Some(pb::sign_up_tutor_request::Credentials::EmailPassword(
-                pb::EmailPassword {
-                    email: ROOT.into(),
-                    password: "correct horse battery staple".into(),
-                },
-            )),
-            display_name: "Root".into(),
-            time_zone: "Europe/Moscow".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("signed up")
-        .into_inner();
-    let tokens = signed_up.tokens.expect("tokens");
+    let tokens = identity::sign_up_tutor_as(identity::channel(&user.url()), "Root", ROOT).await;
     let mut lessons = LessonServiceClient::new(identity::channel(&lesson.url()));
     lessons
         .list_lessons(bearer(

@@ -12,20 +12,12 @@ use repit_proto::repit::lesson::v1 as pb;
 use repit_proto::repit::lesson::v1::lesson_service_client::LessonServiceClient;
 use repit_proto::repit::user::v1 as user_pb;
 use repit_proto::repit::user::v1::user_service_client::UserServiceClient;
+use repit_tests::identity::bearer;
 use repit_tests::identity::{self, Account};
 use repit_tests::spawn_server;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
 use uuid::Uuid;
-
-fn bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
 
 /// A code for `role` in `school_id`, made by its admin.
 async fn school_invite(
@@ -48,6 +40,31 @@ async fn school_invite(
         .expect("invited")
         .into_inner()
         .code
+}
+
+/// Redeems `code` from a browser as a new account named `name`.
+async fn join_as_new_account(
+    users: &mut UserServiceClient<Channel>,
+    code: &str,
+    name: &str,
+) -> user_pb::RedeemInviteResponse {
+    users
+        .redeem_invite(user_pb::RedeemInviteRequest {
+            request_id: Uuid::now_v7().to_string(),
+            code: code.to_owned(),
+            redeemer: Some(user_pb::redeem_invite_request::Redeemer::NewAccount(
+                user_pb::EmailPassword {
+                    email: format!("{}-{}@example.test", name.to_lowercase(), Uuid::now_v7()),
+                    password: identity::PASSWORD.into(),
+                },
+            )),
+            display_name: name.into(),
+            time_zone: "Europe/Moscow".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|status| panic!("{name} joins: {status:?}"))
+        .into_inner()
 }
 
 fn lesson_request(tutor_id: &str, days_ahead: i64) -> pb::ScheduleLessonRequest {
@@ -149,23 +166,8 @@ async fn a_school_admin_manages_the_lessons_of_the_schools_tutors_and_no_others(
         &school.school_id,
     )
     .await;
-    let vera = users
-        .redeem_invite(user_pb::RedeemInviteRequest {
-            request_id: Uuid::now_v7().to_string(),
-            code,
-            redeemer: Some(user_pb::redeem_invite_request::Redeemer::NewAccount(
-                user_pb::EmailPassword {
-                    email: format!("vera-{}@example.test", Uuid::now_v7().simple()),
-                    password: "correct horse battery staple".into(),
-                },
-            )),
-            display_name: "Vera".into(),
-            time_zone: "Europe/Moscow".into(),
-            ..Default::default()
-        })
+    let vera = join_as_new_account(&mut users, &code, "Vera")
         .await
-        .expect("Vera becomes the school's admin")
-        .into_inner()
         .tokens
         .expect("tokens")
         .access_token;
@@ -178,23 +180,7 @@ async fn a_school_admin_manages_the_lessons_of_the_schools_tutors_and_no_others(
         &school.school_id,
     )
     .await;
-    let dasha = users
-        .redeem_invite(user_pb::RedeemInviteRequest {
-            request_id: Uuid::now_v7().to_string(),
-            code,
-            redeemer: Some(user_pb::redeem_invite_request::Redeemer::NewAccount(
-                user_pb::EmailPassword {
-                    email: format!("dasha-{}@example.test", Uuid::now_v7().simple()),
-                    password: "correct horse battery staple".into(),
-                },
-            )),
-            display_name: "Dasha".into(),
-            time_zone: "Europe/Moscow".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("Dasha joins the school as a tutor")
-        .into_inner();
+    let dasha = join_as_new_account(&mut users, &code, "Dasha").await;
     let dasha_id = dasha.user.expect("user").user_id;
     let dasha_token = dasha.tokens.expect("tokens").access_token;
 

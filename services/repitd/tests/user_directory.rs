@@ -9,23 +9,14 @@ use std::time::{Duration, Instant};
 use repit_proto::repit::common::v1::PageRequest;
 use repit_proto::repit::user::v1 as pb;
 use repit_proto::repit::user::v1::user_service_client::UserServiceClient;
+use repit_tests::identity::{self, bearer};
 use repit_tests::{Backend, require, spawn_server};
 use sqlx::Connection;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 use uuid::Uuid;
 
 const BOT: &str = "test-bot-credential-0123456789";
-const PASSWORD: &str = "correct horse battery staple";
-
-fn bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
 
 fn page(size: i32, token: &str) -> Option<PageRequest> {
     Some(PageRequest {
@@ -53,38 +44,6 @@ where
             "{what}: the read model did not catch up within 10 s; last answer {answer:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-struct Tutor {
-    user_id: String,
-    email: String,
-    tokens: pb::IssuedTokens,
-}
-
-async fn sign_up(users: &mut UserServiceClient<Channel>, name: &str) -> Tutor {
-    let email = format!("tutor-{}@example.test", Uuid::now_v7());
-    let answer = users
-        .sign_up_tutor(pb::SignUpTutorRequest {
-            request_id: Uuid::now_v7().to_string(),
-            credentials: Some(pb::sign_up_tutor_request::Credentials::EmailPassword(
-                pb::EmailPassword {
-                    email: email.clone(),
-                    password: PASSWORD.into(),
-                },
-            )),
-            display_name: name.into(),
-            time_zone: "Europe/Moscow".into(),
-            client_name: "laptop".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("signed up")
-        .into_inner();
-    Tutor {
-        user_id: answer.user.expect("user").user_id,
-        email,
-        tokens: answer.tokens.expect("tokens"),
     }
 }
 
@@ -171,10 +130,11 @@ fn next_token(page: Option<&repit_proto::repit::common::v1::PageResponse>) -> &s
 }
 
 async fn scenario(url: &str) {
-    let mut users = UserServiceClient::new(repit_tests::identity::channel(url));
-    let anna = sign_up(&mut users, "Anna Petrova").await;
-    let boris = sign_up(&mut users, "Boris Ivanov").await;
-    let token = anna.tokens.access_token.clone();
+    let channel = identity::channel(url);
+    let mut users = UserServiceClient::new(channel.clone());
+    let anna = identity::sign_up_tutor(channel.clone(), "Anna Petrova").await;
+    let boris = identity::sign_up_tutor(channel, "Boris Ivanov").await;
+    let token = anna.access_token.clone();
     let base_telegram = i64::try_from(Uuid::now_v7().as_u128() % 1_000_000_000).expect("small");
 
     // Anna's tenancy: two students by one invite (three uses), a parent of the first.
@@ -273,7 +233,7 @@ async fn scenario(url: &str) {
     }
 
     // Boris sees none of it and may not name Anna's tenancy; students and parents list nothing.
-    let boris_token = boris.tokens.access_token.clone();
+    let boris_token = boris.access_token.clone();
     let his = list_users(&users, &boris_token, pb::ListUsersRequest::default())
         .await
         .expect("Boris's tenancy");
@@ -417,7 +377,7 @@ async fn scenario(url: &str) {
         .expect("school");
     let refreshed = users
         .refresh_token(pb::RefreshTokenRequest {
-            refresh_token: anna.tokens.refresh_token.clone(),
+            refresh_token: anna.refresh_token.clone(),
         })
         .await
         .expect("refreshed")
@@ -462,7 +422,7 @@ async fn scenario(url: &str) {
     let second = users
         .login_with_password(pb::LoginWithPasswordRequest {
             email: anna.email.clone(),
-            password: PASSWORD.into(),
+            password: identity::PASSWORD.into(),
             client_name: "phone".into(),
         })
         .await
@@ -495,7 +455,7 @@ async fn scenario(url: &str) {
         listed,
         [
             (second.session_id.as_str(), "phone", false),
-            (refreshed.session_id.as_str(), "laptop", true),
+            (refreshed.session_id.as_str(), "end-to-end test", true),
         ]
     );
     assert!(

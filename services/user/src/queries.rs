@@ -71,6 +71,35 @@ impl Sql {
         self.text.push_str(text);
     }
 
+    /// Ends the query with a keyset page: rows after `after` (the last row's `key` and `id`)
+    /// in the order of (`key`, `id`), at most `page_size` of them plus one that tells whether
+    /// another page follows. Answers the page size in force.
+    fn page(
+        &mut self,
+        (key, id): (&str, &str),
+        descending: bool,
+        after: Option<(Param, String)>,
+        page_size: i64,
+    ) -> i64 {
+        let (cmp, order) = if descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        if let Some((last_key, last_id)) = after {
+            let (last_key, last_id) = (self.param(last_key), self.text(last_id));
+            self.push(&format!(
+                " AND ({key} {cmp} {last_key} OR ({key} = {last_key} AND {id} {cmp} {last_id}))"
+            ));
+        }
+        let limit = page_size.clamp(1, paging::MAX_PAGE_SIZE);
+        self.push(&format!(
+            " ORDER BY {key} {order}, {id} {order} LIMIT {}",
+            limit + 1
+        ));
+        limit
+    }
+
     async fn fetch(self, db: &ReadModelDb) -> Result<Vec<AnyRow>, AppError> {
         let mut query = sqlx::query(&self.text);
         for param in self.params {
@@ -215,18 +244,16 @@ pub async fn list_users(
         let pattern = sql.text(contains_pattern(&filter.query));
         sql.push(&format!(" AND u.search_text LIKE {pattern} ESCAPE '\\'"));
     }
-    if let Some((name, id)) = &filter.after {
-        let name = sql.text(name.clone());
-        let id = sql.text(id.clone());
-        sql.push(&format!(
-            " AND (u.display_name > {name} OR (u.display_name = {name} AND u.user_id > {id}))"
-        ));
-    }
-    let limit = filter.page_size.clamp(1, paging::MAX_PAGE_SIZE);
-    sql.push(&format!(
-        " ORDER BY u.display_name, u.user_id LIMIT {}",
-        limit + 1
-    ));
+    let after = filter
+        .after
+        .clone()
+        .map(|(name, id)| (Param::Text(name), id));
+    let limit = sql.page(
+        ("u.display_name", "u.user_id"),
+        false,
+        after,
+        filter.page_size,
+    );
     let rows = sql.fetch(db).await?;
     paged(
         &rows,
@@ -288,17 +315,8 @@ pub async fn list_sessions(
          AND (s.sign_in_method <> 'telegram' OR u.telegram_sessions_dead_before_us IS NULL
               OR s.started_at_us >= u.telegram_sessions_dead_before_us)"
     ));
-    if let Some((started, id)) = after {
-        let (started, id) = (sql.int(started), sql.text(id));
-        sql.push(&format!(
-            " AND (s.started_at_us < {started} OR (s.started_at_us = {started} AND s.session_id < {id}))"
-        ));
-    }
-    let limit = page_size.clamp(1, paging::MAX_PAGE_SIZE);
-    sql.push(&format!(
-        " ORDER BY s.started_at_us DESC, s.session_id DESC LIMIT {}",
-        limit + 1
-    ));
+    let after = after.map(|(started, id)| (Param::Int(started), id));
+    let limit = sql.page(("s.started_at_us", "s.session_id"), true, after, page_size);
     let rows = sql.fetch(db).await?;
     paged(
         &rows,
@@ -381,17 +399,8 @@ pub async fn list_invites(
         let now = sql.int(now_us);
         sql.push(&format!(" AND status = 'active' AND expires_at_us > {now}"));
     }
-    if let Some((created, id)) = after {
-        let (created, id) = (sql.int(created), sql.text(id));
-        sql.push(&format!(
-            " AND (created_at_us < {created} OR (created_at_us = {created} AND invite_id < {id}))"
-        ));
-    }
-    let limit = page_size.clamp(1, paging::MAX_PAGE_SIZE);
-    sql.push(&format!(
-        " ORDER BY created_at_us DESC, invite_id DESC LIMIT {}",
-        limit + 1
-    ));
+    let after = after.map(|(created, id)| (Param::Int(created), id));
+    let limit = sql.page(("created_at_us", "invite_id"), true, after, page_size);
     let rows = sql.fetch(db).await?;
     paged(
         &rows,

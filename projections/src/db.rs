@@ -51,6 +51,15 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
 }
 
+/// Whether a query failed because the read-model database could not be reached (UNAVAILABLE to
+/// a caller), not because of the query.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    )
+}
+
 /// A pool on the read-model database, with the runtime's own bookkeeping tables in place.
 #[derive(Clone, Debug)]
 pub struct ReadModelDb {

@@ -27,7 +27,7 @@ pub mod projection;
 pub mod runtime;
 
 pub use admin::{ParkedEvent, ProjectionStatus, RetryReport};
-pub use db::{DbError, Dialect, ReadModelDb};
+pub use db::{DbError, Dialect, ReadModelDb, is_unavailable};
 pub use feed::{Batch, Feed, FeedError, FeedSource, FeedSpec};
 pub use projection::{ApplyError, Projection, ProjectionTx, TableDef, fold_order};
 pub use runtime::{RebuildReport, Runtime, RuntimeError, RuntimeOptions};

@@ -203,6 +203,22 @@ impl Services {
             ),
             _ => None,
         };
+        let storage = &config.storage;
+        if (lesson_target || user_target)
+            && !projections
+            && storage.read_model_url.is_empty()
+            && !storage.event_store_url.is_empty()
+            && !storage.event_store_url.starts_with("sqlite:")
+        {
+            // The events are on a shared server, the read models in a file of this process that
+            // no projections process fills: the lists and schedules would stay empty.
+            tracing::warn!(
+                "the services here answer queries from read models in a private SQLite file, \
+                 while the events live in a shared store and no projections run in this process: \
+                 set storage.read_model_url (REPIT_STORAGE__READ_MODEL_URL) to the projections' \
+                 database"
+            );
+        }
         if let (true, Some(db), Some(store)) = (lesson_target || user_target, &read_models, &store)
         {
             // The tables the services query exist before their first query, even when the

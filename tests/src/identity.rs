@@ -104,3 +104,37 @@ pub async fn sign_up_tutor_as(channel: Channel, display_name: &str, email: &str)
         refresh_token: tokens.refresh_token,
     }
 }
+
+/// `founder` founds a school named `name`, becoming its admin and one of its tutors: the school
+/// id, and the founder's refreshed tokens, whose access token carries those grants.
+pub async fn found_school(
+    channel: Channel,
+    founder: &Account,
+    name: &str,
+) -> (String, user_pb::IssuedTokens) {
+    let mut users = UserServiceClient::new(channel);
+    let school_id = users
+        .create_school(bearer(
+            user_pb::CreateSchoolRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                name: name.to_owned(),
+            },
+            &founder.access_token,
+        ))
+        .await
+        .expect("the tutor founds a school")
+        .into_inner()
+        .school
+        .expect("the school")
+        .school_id;
+    let tokens = users
+        .refresh_token(user_pb::RefreshTokenRequest {
+            refresh_token: founder.refresh_token.clone(),
+        })
+        .await
+        .expect("the founder's refresh")
+        .into_inner()
+        .tokens
+        .expect("tokens");
+    (school_id, tokens)
+}

@@ -639,36 +639,13 @@ async fn sign_up(users: &mut UserServiceClient<Channel>, email: &str) -> (String
 
 /// `founder` founds a school (becoming its admin and one of its tutors) and invites an admin, who
 /// joins through the bot: the new admin's access token.
-async fn school_admin(users: &mut UserServiceClient<Channel>, founder: &Account) -> String {
-    let mut create = tonic::Request::new(user_pb::CreateSchoolRequest {
-        request_id: Uuid::now_v7().to_string(),
-        name: "School".into(),
-    });
-    create.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", founder.access_token)
-            .parse()
-            .expect("ascii"),
-    );
-    let school_id = users
-        .create_school(create)
-        .await
-        .expect("school")
-        .into_inner()
-        .school
-        .expect("school")
-        .school_id;
-    // The founder's next token carries the admin grant that invites into the school.
-    let founder_token = users
-        .refresh_token(user_pb::RefreshTokenRequest {
-            refresh_token: founder.refresh_token.clone(),
-        })
-        .await
-        .expect("refreshed")
-        .into_inner()
-        .tokens
-        .expect("tokens")
-        .access_token;
+async fn school_admin(
+    users: &mut UserServiceClient<Channel>,
+    channel: Channel,
+    founder: &Account,
+) -> String {
+    let (school_id, founder_tokens) = identity::found_school(channel, founder, "School").await;
+    let founder_token = founder_tokens.access_token;
     let (token, _) = join_as(
         users,
         &founder_token,
@@ -778,8 +755,8 @@ async fn every_role_gets_what_the_contract_says_for_every_lesson_rpc() {
     )
     .await;
     let (admin_token, _) = sign_up(&mut users, ROOT).await;
-    let school_admin_token = school_admin(&mut users, &own).await;
-    let other_school_admin_token = school_admin(&mut users, &other).await;
+    let school_admin_token = school_admin(&mut users, channel.clone(), &own).await;
+    let other_school_admin_token = school_admin(&mut users, channel.clone(), &other).await;
     let token_of = |role: Role| match role {
         Role::Anonymous => None,
         Role::OwnTutor => Some(own.access_token.as_str()),

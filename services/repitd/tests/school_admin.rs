@@ -111,37 +111,10 @@ async fn a_school_admin_manages_the_lessons_of_the_schools_tutors_and_no_others(
 
     // Anna founds the school; Boris joins it as a tutor; Vera becomes its admin only.
     let anna: Account = identity::sign_up_tutor(channel.clone(), "Anna Petrova").await;
-    let school = users
-        .create_school(bearer(
-            user_pb::CreateSchoolRequest {
-                request_id: Uuid::now_v7().to_string(),
-                name: "Школа №1".into(),
-            },
-            &anna.access_token,
-        ))
-        .await
-        .expect("school")
-        .into_inner()
-        .school
-        .expect("school");
-    let founder = users
-        .refresh_token(user_pb::RefreshTokenRequest {
-            refresh_token: anna.refresh_token.clone(),
-        })
-        .await
-        .expect("refreshed")
-        .into_inner()
-        .tokens
-        .expect("tokens")
-        .access_token;
+    let (school_id, founder) = identity::found_school(channel.clone(), &anna, "Школа №1").await;
+    let founder = founder.access_token;
     let boris = identity::sign_up_tutor(channel.clone(), "Boris Ivanov").await;
-    let code = school_invite(
-        &mut users,
-        &founder,
-        user_pb::Role::Tutor,
-        &school.school_id,
-    )
-    .await;
+    let code = school_invite(&mut users, &founder, user_pb::Role::Tutor, &school_id).await;
     let boris_token = users
         .redeem_invite(bearer(
             user_pb::RedeemInviteRequest {
@@ -159,13 +132,7 @@ async fn a_school_admin_manages_the_lessons_of_the_schools_tutors_and_no_others(
         .into_inner()
         .tokens
         .map_or(boris.access_token.clone(), |t| t.access_token);
-    let code = school_invite(
-        &mut users,
-        &founder,
-        user_pb::Role::Admin,
-        &school.school_id,
-    )
-    .await;
+    let code = school_invite(&mut users, &founder, user_pb::Role::Admin, &school_id).await;
     let vera = join_as_new_account(&mut users, &code, "Vera")
         .await
         .tokens
@@ -173,13 +140,7 @@ async fn a_school_admin_manages_the_lessons_of_the_schools_tutors_and_no_others(
         .access_token;
     let carl = identity::sign_up_tutor(channel.clone(), "Carl Outsider").await;
     // Dasha joins the school as a new account: her only tutor grant is the school's.
-    let code = school_invite(
-        &mut users,
-        &founder,
-        user_pb::Role::Tutor,
-        &school.school_id,
-    )
-    .await;
+    let code = school_invite(&mut users, &founder, user_pb::Role::Tutor, &school_id).await;
     let dasha = join_as_new_account(&mut users, &code, "Dasha").await;
     let dasha_id = dasha.user.expect("user").user_id;
     let dasha_token = dasha.tokens.expect("tokens").access_token;

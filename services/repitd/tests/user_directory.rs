@@ -133,7 +133,7 @@ async fn scenario(url: &str) {
     let channel = identity::channel(url);
     let mut users = UserServiceClient::new(channel.clone());
     let anna = identity::sign_up_tutor(channel.clone(), "Anna Petrova").await;
-    let boris = identity::sign_up_tutor(channel, "Boris Ivanov").await;
+    let boris = identity::sign_up_tutor(channel.clone(), "Boris Ivanov").await;
     let token = anna.access_token.clone();
     let base_telegram = i64::try_from(Uuid::now_v7().as_u128() % 1_000_000_000).expect("small");
 
@@ -362,28 +362,7 @@ async fn scenario(url: &str) {
     assert_eq!(refused.code(), Code::PermissionDenied);
 
     // A school: Anna creates it (admin and tutor of it); its listing holds her and her tenancy.
-    let school = users
-        .create_school(bearer(
-            pb::CreateSchoolRequest {
-                request_id: Uuid::now_v7().to_string(),
-                name: "Лицей".into(),
-            },
-            &token,
-        ))
-        .await
-        .expect("school")
-        .into_inner()
-        .school
-        .expect("school");
-    let refreshed = users
-        .refresh_token(pb::RefreshTokenRequest {
-            refresh_token: anna.refresh_token.clone(),
-        })
-        .await
-        .expect("refreshed")
-        .into_inner()
-        .tokens
-        .expect("tokens");
+    let (school_id, refreshed) = identity::found_school(channel.clone(), &anna, "Лицей").await;
     let admin_token = refreshed.access_token.clone();
     let staff = eventually(
         "ListUsers of the school",
@@ -392,7 +371,7 @@ async fn scenario(url: &str) {
                 &users,
                 &admin_token,
                 pb::ListUsersRequest {
-                    school_id: school.school_id.clone(),
+                    school_id: school_id.clone(),
                     ..Default::default()
                 },
             )
@@ -409,7 +388,7 @@ async fn scenario(url: &str) {
         &users,
         &boris_token,
         pb::ListUsersRequest {
-            school_id: school.school_id.clone(),
+            school_id: school_id.clone(),
             ..Default::default()
         },
     )

@@ -29,5 +29,7 @@ pub mod runtime;
 pub use admin::{ParkedEvent, ProjectionStatus, RetryReport};
 pub use db::{DbError, Dialect, ReadModelDb, is_unavailable};
 pub use feed::{Batch, Feed, FeedError, FeedSource, FeedSpec};
-pub use projection::{ApplyError, Projection, ProjectionTx, TableDef, fold_order};
+pub use projection::{
+    ApplyError, Projection, ProjectionTx, TableDef, bigint, enum_column, fold_order,
+};
 pub use runtime::{RebuildReport, Runtime, RuntimeError, RuntimeOptions};

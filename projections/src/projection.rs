@@ -55,6 +55,24 @@ pub enum ApplyError {
     Transient(String),
 }
 
+impl ApplyError {
+    /// [`ApplyError::Poison`] with `error`'s message.
+    pub fn poison(error: impl std::fmt::Display) -> Self {
+        Self::Poison(error.to_string())
+    }
+}
+
+/// A `u64` (a stream revision, a `$all` position) as a BIGINT column; Poison beyond `i64`.
+pub fn bigint(value: u64) -> Result<i64, ApplyError> {
+    i64::try_from(value).map_err(|_| ApplyError::Poison(format!("{value} exceeds i64")))
+}
+
+/// A protobuf enum value as analysts read it in a column: `ROLE_TUTOR` with prefix `ROLE_` →
+/// `tutor`.
+pub fn enum_column(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_lowercase()
+}
+
 /// What to do with an event of revision `event` for a row folded up to revision `stored`, in a
 /// read model folded stream by stream (each row built from its stream's events in order).
 ///
@@ -63,8 +81,7 @@ pub enum ApplyError {
 /// would be out of order: it stays parked (Poison) until a rebuild folds the stream in order.
 /// Higher: fold it.
 pub fn fold_order(stored: i64, event: u64) -> Result<bool, ApplyError> {
-    let event = i64::try_from(event)
-        .map_err(|_| ApplyError::Poison(format!("revision {event} exceeds i64")))?;
+    let event = bigint(event)?;
     match stored.cmp(&event) {
         std::cmp::Ordering::Less => Ok(true),
         std::cmp::Ordering::Equal => Ok(false),

@@ -11,7 +11,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::application::AppError;
-use crate::projections::{INVITES_TABLE, ROLES_TABLE, SESSIONS_TABLE, USERS_TABLE, enum_column};
+use repit_projections::enum_column;
+
+use crate::projections::{INVITES_TABLE, ROLES_TABLE, SESSIONS_TABLE, USERS_TABLE};
 
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {

@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use prost::Message;
 use repit_event_store::{Aggregate, EventCodec, RecordedEvent};
-use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef, fold_order};
+use repit_projections::{
+    ApplyError, Projection, ProjectionTx, TableDef, bigint, enum_column, fold_order,
+};
 use repit_proto::repit::lesson::v1 as pb;
 use sqlx::Row;
 
@@ -84,15 +86,6 @@ pub struct LessonsProjection;
 
 fn micros(ts: Option<&prost_types::Timestamp>) -> i64 {
     from_timestamp(ts).timestamp_micros()
-}
-
-fn to_i64(value: u64) -> Result<i64, ApplyError> {
-    i64::try_from(value).map_err(|_| ApplyError::Poison(format!("{value} exceeds i64")))
-}
-
-/// A protobuf enum value as analysts read it: `CANCELLATION_KIND_LATE` → `late`.
-fn enum_column(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix).unwrap_or(name).to_lowercase()
 }
 
 /// The lowercase name of a state, as the `state` column stores it.
@@ -204,12 +197,12 @@ impl LessonsProjection {
         .bind(i64::from(cancellation.is_some_and(|c| c.counted_as_missed)))
         .bind(outcome.map(|o| o.topic.clone()))
         .bind(outcome.map(|o| enum_column(o.mastery().as_str_name(), "MASTERY_")))
-        .bind(to_i64(event.revision)?)
+        .bind(bigint(event.revision)?)
         .bind(micros(lesson.created_at.as_ref()))
         .bind(micros(lesson.updated_at.as_ref()))
         .bind(lesson.encode_to_vec())
-        .bind(to_i64(event.position.commit())?)
-        .bind(to_i64(event.position.prepare())?)
+        .bind(bigint(event.position.commit())?)
+        .bind(bigint(event.position.prepare())?)
         .bind(chrono::Utc::now().timestamp_micros())
         .execute(tx.conn())
         .await?;
@@ -276,7 +269,7 @@ impl LessonsProjection {
         .bind(&series.subject)
         .bind(enum_column(series.state().as_str_name(), "SERIES_STATE_"))
         .bind(i64::from(series.occurrence_count))
-        .bind(to_i64(event.revision)?)
+        .bind(bigint(event.revision)?)
         .bind(micros(series.created_at.as_ref()))
         .bind(micros(series.updated_at.as_ref()))
         .bind(series.encode_to_vec())

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use prost::Message;
 use repit_event_store::RecordedEvent;
-use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef};
+use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef, bigint};
 use repit_proto::repit::user::v1 as user_pb;
 
 /// (school, tutor) pairs (a view on the live generation).
@@ -30,10 +30,6 @@ const TABLES: &[TableDef] = &[TableDef {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SchoolTutorsProjection;
 
-fn poison(error: impl std::fmt::Display) -> ApplyError {
-    ApplyError::Poison(error.to_string())
-}
-
 #[async_trait]
 impl Projection for SchoolTutorsProjection {
     fn name(&self) -> &'static str {
@@ -55,11 +51,13 @@ impl Projection for SchoolTutorsProjection {
         }
         let (role, tutor_id, school_id, granted) = match event.event_type.as_str() {
             GRANTED => {
-                let e = user_pb::RoleGranted::decode(event.data.as_ref()).map_err(poison)?;
+                let e = user_pb::RoleGranted::decode(event.data.as_ref())
+                    .map_err(ApplyError::poison)?;
                 (e.role(), e.user_id, e.school_id, true)
             }
             REVOKED => {
-                let e = user_pb::RoleRevoked::decode(event.data.as_ref()).map_err(poison)?;
+                let e = user_pb::RoleRevoked::decode(event.data.as_ref())
+                    .map_err(ApplyError::poison)?;
                 (e.role(), e.user_id, e.school_id, false)
             }
             _ => return Ok(()),
@@ -68,7 +66,7 @@ impl Projection for SchoolTutorsProjection {
             return Ok(());
         }
         let table = tx.table(SCHOOL_TUTORS_TABLE).to_owned();
-        let revision = i64::try_from(event.revision).map_err(poison)?;
+        let revision = bigint(event.revision)?;
         // A revocation keeps the row (inactive) with its revision, so the latest grant or
         // revocation wins even when an older one is retried from the parking lot later.
         sqlx::query(&format!(

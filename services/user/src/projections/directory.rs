@@ -13,7 +13,9 @@ use chrono::{DateTime, Utc};
 use prost::Message;
 use repit_event_store::{Aggregate, EventCodec, RecordedEvent};
 use repit_platform::time::from_timestamp;
-use repit_projections::{ApplyError, Projection, ProjectionTx, TableDef, fold_order};
+use repit_projections::{
+    ApplyError, Projection, ProjectionTx, TableDef, bigint, enum_column, fold_order,
+};
 use repit_proto::repit::user::v1 as pb;
 use sqlx::Row;
 
@@ -136,14 +138,9 @@ const TABLES: &[TableDef] = &[
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DirectoryProjection;
 
-/// A protobuf enum value as analysts read it: `ROLE_TUTOR` → `tutor`.
-pub fn enum_column(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix).unwrap_or(name).to_lowercase()
-}
-
 /// What a ListUsers query matches: display name, email and Telegram username, lowercased in Rust
 /// (SQLite's `lower` folds ASCII only, and names here are often Cyrillic).
-pub fn search_text(user: &pb::User) -> String {
+fn search_text(user: &pb::User) -> String {
     format!(
         "{}\n{}\n{}",
         user.display_name, user.email, user.telegram_username
@@ -161,14 +158,6 @@ fn optional_micros(at: Option<DateTime<Utc>>) -> Option<i64> {
 
 fn from_micros(us: Option<i64>) -> Option<DateTime<Utc>> {
     us.and_then(DateTime::from_timestamp_micros)
-}
-
-fn to_i64(value: u64) -> Result<i64, ApplyError> {
-    i64::try_from(value).map_err(|_| ApplyError::Poison(format!("{value} exceeds i64")))
-}
-
-fn poison(error: impl std::fmt::Display) -> ApplyError {
-    ApplyError::Poison(error.to_string())
 }
 
 /// The id a stream is named by: `user-<id>` → `<id>`.
@@ -195,7 +184,7 @@ impl DirectoryProjection {
     ) -> Result<(), ApplyError> {
         let decoded = UserCodec
             .decode(event)
-            .map_err(|e| poison(format!("{e:#}")))?;
+            .map_err(|e| ApplyError::poison(format!("{e:#}")))?;
         let table = tx.table(USERS_TABLE).to_owned();
         let user_id = stream_id(event, "user-").to_owned();
         let row = sqlx::query(&format!(
@@ -212,10 +201,10 @@ impl DirectoryProjection {
                 return Ok(()); // Folded already.
             }
             let resource: Vec<u8> = row.try_get(1)?;
-            state.user = Some(
-                pb::User::decode(resource.as_slice())
-                    .map_err(|e| poison(format!("stored user does not decode: {e}")))?,
-            );
+            state.user =
+                Some(pb::User::decode(resource.as_slice()).map_err(|e| {
+                    ApplyError::poison(format!("stored user does not decode: {e}"))
+                })?);
             state.sessions_dead_before = from_micros(row.try_get(2)?);
             state.telegram_sessions_dead_before = from_micros(row.try_get(3)?);
             state.kept_session_id = row.try_get(4)?;
@@ -223,7 +212,7 @@ impl DirectoryProjection {
         let before = state.user.clone().unwrap_or_default();
         state.evolve(&decoded);
         let Some(mut user) = state.user else {
-            return Err(poison(format!(
+            return Err(ApplyError::poison(format!(
                 "{} for user {user_id} arrived before the user was registered",
                 event.event_type
             )));
@@ -259,7 +248,7 @@ impl DirectoryProjection {
         .bind(optional_micros(state.sessions_dead_before))
         .bind(optional_micros(state.telegram_sessions_dead_before))
         .bind(&state.kept_session_id)
-        .bind(to_i64(event.revision)?)
+        .bind(bigint(event.revision)?)
         .bind(micros(user.created_at.as_ref()))
         .bind(event.created.timestamp_micros())
         .bind(user.encode_to_vec())
@@ -331,10 +320,10 @@ impl DirectoryProjection {
     ) -> Result<(), ApplyError> {
         let decoded = SessionCodec
             .decode(event)
-            .map_err(|e| poison(format!("{e:#}")))?;
+            .map_err(|e| ApplyError::poison(format!("{e:#}")))?;
         let table = tx.table(SESSIONS_TABLE).to_owned();
         let session_id = stream_id(event, "session-").to_owned();
-        let revision = to_i64(event.revision)?;
+        let revision = bigint(event.revision)?;
         let stored: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT revision FROM {table} WHERE session_id = $1"
         ))
@@ -346,7 +335,7 @@ impl DirectoryProjection {
             (SessionEvent::Issued(_), Some(_)) => return Ok(()),
             (SessionEvent::Issued(_), None) => {}
             (_, None) => {
-                return Err(poison(format!(
+                return Err(ApplyError::poison(format!(
                     "{} for session {session_id} arrived before the session was issued",
                     event.event_type
                 )));
@@ -425,7 +414,7 @@ impl DirectoryProjection {
     ) -> Result<(), ApplyError> {
         let decoded = InviteCodec
             .decode(event)
-            .map_err(|e| poison(format!("{e:#}")))?;
+            .map_err(|e| ApplyError::poison(format!("{e:#}")))?;
         let table = tx.table(INVITES_TABLE).to_owned();
         let invite_id = stream_id(event, "invite-").to_owned();
         let row = sqlx::query(&format!(
@@ -440,14 +429,14 @@ impl DirectoryProjection {
                 return Ok(());
             }
             let resource: Vec<u8> = row.try_get(1)?;
-            state.invite = Some(
-                pb::Invite::decode(resource.as_slice())
-                    .map_err(|e| poison(format!("stored invite does not decode: {e}")))?,
-            );
+            state.invite =
+                Some(pb::Invite::decode(resource.as_slice()).map_err(|e| {
+                    ApplyError::poison(format!("stored invite does not decode: {e}"))
+                })?);
         }
         state.evolve(&decoded);
         let Some(mut invite) = state.invite else {
-            return Err(poison(format!(
+            return Err(ApplyError::poison(format!(
                 "{} for invite {invite_id} arrived before the invite was created",
                 event.event_type
             )));
@@ -479,7 +468,7 @@ impl DirectoryProjection {
         .bind(micros(invite.expires_at.as_ref()))
         .bind(micros(invite.created_at.as_ref()))
         .bind(event.created.timestamp_micros())
-        .bind(to_i64(event.revision)?)
+        .bind(bigint(event.revision)?)
         .bind(invite.encode_to_vec())
         .execute(tx.conn())
         .await?;

@@ -10,5 +10,5 @@ mod directory;
 
 pub use directory::{
     DirectoryProjection, INVITES_TABLE, PARENT_LINKS_TABLE, ROLES_TABLE, SESSIONS_TABLE,
-    USERS_TABLE, enum_column, search_text,
+    USERS_TABLE,
 };

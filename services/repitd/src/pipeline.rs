@@ -19,15 +19,15 @@ pub fn relay_options(config: &Config) -> RelayOptions {
     }
 }
 
-/// Every read model (and reactor) this build runs. Names are permanent (see
-/// `Projection::name`); adding a service adds its projections here.
+/// Every read model (and reactor) this build runs: the read models the services query, and the
+/// reactors. Names are permanent (see `Projection::name`); a service's read models are added to
+/// [`queried_read_models`], its reactors here.
 pub fn projections(lesson: &LessonApplication) -> Vec<Arc<dyn Projection>> {
-    vec![
-        Arc::new(repit_lesson::LessonsProjection),
-        Arc::new(repit_lesson::SchoolTutorsProjection),
-        Arc::new(repit_lesson::SlotReleaseReactor::new(lesson.clone())),
-        Arc::new(repit_user::DirectoryProjection),
-    ]
+    let mut projections = queried_read_models(true, true);
+    projections.push(Arc::new(repit_lesson::SlotReleaseReactor::new(
+        lesson.clone(),
+    )));
+    projections
 }
 
 /// The read models the given services query, for creating their tables before the first query

@@ -331,9 +331,7 @@ const COMMON_PASSWORDS: [&str; 12] = [
 
 /// Parses a user id field (a UUID); empty is `None`.
 fn optional_id(f: &mut Fields, field: &str, value: &str) {
-    if !value.is_empty() && uuid::Uuid::parse_str(value).is_err() {
-        f.bad(field, "must be a UUID");
-    }
+    f.canonical_id(field, value);
 }
 
 fn required_id(f: &mut Fields, field: &str, value: &str) {

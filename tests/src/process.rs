@@ -56,8 +56,10 @@ impl ChildServer {
             .await
             .expect("server did not exit within 30s of SIGTERM")
             .expect("failed to wait for the server");
+        // The process has exited, but its last lines may still be in the pipe: read until the
+        // reader sees the end of stdout (and drops its sender), not just what has arrived.
         let mut lines = Vec::new();
-        while let Ok(line) = self.logs.try_recv() {
+        while let Ok(Some(line)) = tokio::time::timeout(START_TIMEOUT, self.logs.recv()).await {
             lines.push(line);
         }
         (status, lines)
